@@ -1,0 +1,14 @@
+//! m3u-plugin-host: a streaming IPTV playlist pipeline whose stages can be
+//! replaced or extended by sandboxed WebAssembly plugins.
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod m3u;
+pub mod memory;
+pub mod native;
+
+pub use error::{Error, ErrorKind, Result};
+pub use m3u_proxy_plugin_abi as abi;
+
+/// A channel that owns its strings: the host's unit of data.
+pub type OwnedChannel = abi::Channel<'static>;
