@@ -1,1 +1,156 @@
-fn main() {}
+//! Builds the plugins in `plugins/` (examples) and `tests/plugins/` (test
+//! doubles) for `wasm32-unknown-unknown` from source, so no compiled `.wasm`
+//! is ever committed. The files land in `target/plugins/` and
+//! `target/test-plugins/`; their paths reach the code as
+//! `M3U_EXAMPLE_PLUGIN_DIR` and `M3U_TEST_PLUGIN_DIR`.
+//!
+//! Set `M3U_SKIP_PLUGIN_BUILD=1` to skip this (e.g. inside a cross container
+//! without the wasm target); tests that need plugins will then say so.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+const PROFILE: &str = "wasm-plugin";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                manifest_dir.join(dir)
+            }
+        })
+        .unwrap_or_else(|| manifest_dir.join("target"));
+    let groups = [
+        (
+            "plugins",
+            target_dir.join("plugins"),
+            "M3U_EXAMPLE_PLUGIN_DIR",
+        ),
+        (
+            "tests/plugins",
+            target_dir.join("test-plugins"),
+            "M3U_TEST_PLUGIN_DIR",
+        ),
+    ];
+    for watched in [
+        "plugins",
+        "tests/plugins",
+        "crates/sdk/src",
+        "crates/abi/src",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={watched}");
+    }
+    println!("cargo:rerun-if-env-changed=M3U_SKIP_PLUGIN_BUILD");
+    for (_, out_dir, env_name) in &groups {
+        println!("cargo:rustc-env={env_name}={}", out_dir.display());
+    }
+    if env::var_os("M3U_SKIP_PLUGIN_BUILD").is_some() {
+        println!("cargo:warning=M3U_SKIP_PLUGIN_BUILD is set: example plugins were not built");
+        return;
+    }
+
+    let mut packages = Vec::new();
+    for (dir, out_dir, _) in &groups {
+        for package in plugin_packages(&manifest_dir.join(dir)) {
+            packages.push((package, out_dir.clone()));
+        }
+    }
+    if packages.is_empty() {
+        return;
+    }
+    check_wasm_target();
+
+    let build_dir = target_dir.join("wasm-plugin-build");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&manifest_dir)
+        .args(["build", "--target", WASM_TARGET, "--profile", PROFILE])
+        .arg("--target-dir")
+        .arg(&build_dir);
+    for (package, _) in &packages {
+        command.args(["-p", package]);
+    }
+    // The outer build's settings are for the host, not for the guest.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        command.env_remove(var);
+    }
+    // A smaller shadow stack leaves more of the memory limit to the plugin.
+    command.env(
+        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
+        "-C link-arg=-zstack-size=262144",
+    );
+    let output = command.output().unwrap_or_else(|error| {
+        panic!("could not run cargo to build the example plugins: {error}")
+    });
+    if !output.status.success() {
+        panic!(
+            "building the plugins in plugins/ and tests/plugins/ for {WASM_TARGET} failed.\n\
+             Check that `rustup target add {WASM_TARGET}` has run (rust-toolchain.toml asks \
+             rustup for it) and fix the plugin's compile error below.\n\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let built = build_dir.join(WASM_TARGET).join(PROFILE);
+    for (package, out_dir) in &packages {
+        fs::create_dir_all(out_dir).expect("create plugin output directory");
+        let file = format!("{}.wasm", package.replace('-', "_"));
+        let from = built.join(&file);
+        fs::copy(&from, out_dir.join(&file))
+            .unwrap_or_else(|error| panic!("copy {}: {error}", from.display()));
+    }
+}
+
+/// Package names of the plugin crates directly under `dir`.
+fn plugin_packages(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| fs::read_to_string(entry.path().join("Cargo.toml")).ok())
+        .filter_map(|manifest| {
+            manifest.lines().find_map(|line| {
+                let value = line.strip_prefix("name")?.trim().strip_prefix('=')?;
+                Some(value.trim().trim_matches('"').to_string())
+            })
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn check_wasm_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string());
+    if let Some(sysroot) = sysroot {
+        let lib = Path::new(&sysroot).join("lib/rustlib").join(WASM_TARGET);
+        if !lib.exists() {
+            panic!(
+                "the {WASM_TARGET} target is not installed, so the example plugins cannot be \
+                 built. Fix: `rustup target add {WASM_TARGET}` (rust-toolchain.toml lists it, \
+                 so a rustup-managed cargo normally installs it by itself)"
+            );
+        }
+    }
+}

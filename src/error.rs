@@ -249,16 +249,26 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.kind {
-            ErrorKind::DisallowedImport { module, name, reason } => write!(
+            ErrorKind::DisallowedImport {
+                module,
+                name,
+                reason,
+            } => write!(
                 f,
                 "plugin imports `{module}.{name}`, which this host does not offer: {reason}"
             ),
-            ErrorKind::AbiVersionMismatch { found: Some(found), expected } => write!(
+            ErrorKind::AbiVersionMismatch {
+                found: Some(found),
+                expected,
+            } => write!(
                 f,
                 "plugin was built for ABI version {found}, this host speaks version {expected}: \
                  rebuild it against m3u-proxy-plugin-sdk for ABI {expected}"
             ),
-            ErrorKind::AbiVersionMismatch { found: None, expected } => write!(
+            ErrorKind::AbiVersionMismatch {
+                found: None,
+                expected,
+            } => write!(
                 f,
                 "plugin has no `{}` custom section: build it with m3u-proxy-plugin-sdk's \
                  export_plugin! (ABI {expected}) or see docs/ABI.md",
@@ -273,17 +283,26 @@ impl fmt::Display for Error {
                  work per batch; raise `fuel_per_call` only if the plugin is trusted"
             ),
             ErrorKind::Timeout { limit_ms } => {
-                write!(f, "plugin call exceeded its wall-clock limit of {limit_ms} ms")
+                write!(
+                    f,
+                    "plugin call exceeded its wall-clock limit of {limit_ms} ms"
+                )
             }
             ErrorKind::MemoryLimit { limit } => write!(
                 f,
                 "plugin tried to grow its memory past the limit of {limit} bytes \
                  (`max_memory_per_plugin`)"
             ),
-            ErrorKind::Trap { code: Some(code), message } => {
+            ErrorKind::Trap {
+                code: Some(code),
+                message,
+            } => {
                 write!(f, "plugin trapped ({code:?}): {message}")
             }
-            ErrorKind::Trap { code: None, message } => write!(f, "plugin trapped: {message}"),
+            ErrorKind::Trap {
+                code: None,
+                message,
+            } => write!(f, "plugin trapped: {message}"),
             ErrorKind::MalformedOutput(message) => write!(f, "malformed plugin output: {message}"),
             ErrorKind::PluginStatus { function, status } => write!(
                 f,

@@ -2,10 +2,13 @@
 //! replaced or extended by sandboxed WebAssembly plugins.
 #![forbid(unsafe_code)]
 
+pub mod config;
 mod error;
 pub mod m3u;
 pub mod memory;
 pub mod native;
+pub mod pipeline;
+pub mod runtime;
 
 pub use error::{Error, ErrorKind, Result};
 pub use m3u_proxy_plugin_abi as abi;

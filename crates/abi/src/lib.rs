@@ -71,7 +71,13 @@ pub mod host_functions {
     /// `(key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32`: read a config value.
     pub const GET_CONFIG: &str = "get_config";
     /// Every host function the host knows, in the order of `docs/ABI.md`.
-    pub const ALL: [&str; 5] = [LOG, GET_MEMORY_USAGE, READ_CHANNELS, WRITE_CHANNELS, GET_CONFIG];
+    pub const ALL: [&str; 5] = [
+        LOG,
+        GET_MEMORY_USAGE,
+        READ_CHANNELS,
+        WRITE_CHANNELS,
+        GET_CONFIG,
+    ];
 }
 
 /// Status codes returned by guest exports and host functions (`i32`).
@@ -519,7 +525,10 @@ impl<'a> Channel<'a> {
                 Vec::new()
             },
             extras: if fields.contains(Field::Extras) {
-                self.extras.iter().map(|e| Cow::Borrowed(e.as_ref())).collect()
+                self.extras
+                    .iter()
+                    .map(|e| Cow::Borrowed(e.as_ref()))
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -556,6 +565,7 @@ pub struct StageContext<'a> {
     pub batch_index: u32,
 }
 
+#[allow(clippy::derivable_impls)]
 impl Default for Stage {
     fn default() -> Self {
         Stage::SourceLoading
@@ -688,7 +698,8 @@ pub fn keep_mask_set(mask: &mut [u8], index: usize) {
 
 /// Reads bit `index` of a [`StageOutput::Keep`] mask.
 pub fn keep_mask_get(mask: &[u8], index: usize) -> bool {
-    mask.get(index / 8).is_some_and(|b| b & (1 << (index % 8)) != 0)
+    mask.get(index / 8)
+        .is_some_and(|b| b & (1 << (index % 8)) != 0)
 }
 
 /// Length in bytes of a keep mask for `channels` channels.
@@ -738,7 +749,10 @@ mod tests {
         assert_eq!(bytes, expected);
         let back: Channel = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, sample_channel());
-        assert!(matches!(back.tvg_id, Cow::Borrowed(_)), "strings decode borrowed");
+        assert!(
+            matches!(back.tvg_id, Cow::Borrowed(_)),
+            "strings decode borrowed"
+        );
     }
 
     #[test]
@@ -764,7 +778,10 @@ mod tests {
             index: 2,
             op: PatchOp::SetField(Field::GroupTitle, "G".into()),
         }]);
-        assert_eq!(postcard::to_allocvec(&patches).unwrap(), [2, 1, 2, 0, 5, 1, b'G']);
+        assert_eq!(
+            postcard::to_allocvec(&patches).unwrap(),
+            [2, 1, 2, 0, 5, 1, b'G']
+        );
         let channels = StageOutput::Channels(vec![]);
         assert_eq!(postcard::to_allocvec(&channels).unwrap(), [0, 0]);
     }
@@ -803,7 +820,10 @@ mod tests {
             },
         };
         let bytes = postcard::to_allocvec(&info).unwrap();
-        assert_eq!(bytes, [1, b'n', 1, b'1', 0, 0, 4, 0x80, 0x01, 0, 0x80, 0x01, 3]);
+        assert_eq!(
+            bytes,
+            [1, b'n', 1, b'1', 0, 0, 4, 0x80, 0x01, 0, 0x80, 0x01, 3]
+        );
     }
 
     #[test]

@@ -1,0 +1,78 @@
+//! The host functions, each raw import right above its safe wrapper.
+//!
+//! A function is only imported by a plugin that (transitively) calls its
+//! wrapper: the linker drops unused imports, so a plugin that never reads its
+//! configuration does not need `get_config` on the host's allowlist.
+
+use crate::LogLevel;
+
+#[link(wasm_import_module = "host")]
+extern "C" {
+    #[link_name = "log"]
+    fn host_log(level: i32, ptr: *const u8, len: i32);
+}
+
+/// Sends one log line to the host (which bounds size and rate).
+pub fn log(level: LogLevel, message: &str) {
+    let len = message.len().min(i32::MAX as usize) as i32;
+    // SAFETY: `message` is a live &str; the host only reads `len` bytes from
+    // `ptr` and bounds-checks the range against this module's memory.
+    unsafe { host_log(level as i32, message.as_ptr(), len) }
+}
+
+#[link(wasm_import_module = "host")]
+extern "C" {
+    #[link_name = "get_memory_usage"]
+    fn host_get_memory_usage() -> i64;
+}
+
+/// Bytes of linear memory this plugin currently occupies.
+pub fn memory_usage() -> u64 {
+    // SAFETY: takes no arguments and touches no guest memory.
+    let bytes = unsafe { host_get_memory_usage() };
+    bytes.max(0) as u64
+}
+
+#[link(wasm_import_module = "host")]
+extern "C" {
+    #[link_name = "read_channels"]
+    fn host_read_channels(ptr: *mut u8, cap: i32) -> i32;
+}
+
+/// Copies the next bytes of the pending stage input into `buf`; returns how
+/// many were written (0 once the input is consumed).
+pub(crate) fn read_channels(buf: &mut [u8]) -> i32 {
+    let cap = buf.len().min(i32::MAX as usize) as i32;
+    // SAFETY: `buf` is an exclusive slice of the arena that lives for the
+    // whole call; the host writes at most `cap` bytes into it.
+    unsafe { host_read_channels(buf.as_mut_ptr(), cap) }
+}
+
+#[link(wasm_import_module = "host")]
+extern "C" {
+    #[link_name = "write_channels"]
+    fn host_write_channels(ptr: *const u8, len: i32) -> i32;
+}
+
+/// Appends `bytes` (which must lie in the arena) to the stage output.
+pub(crate) fn write_channels(bytes: &[u8]) -> i32 {
+    let len = bytes.len().min(i32::MAX as usize) as i32;
+    // SAFETY: `bytes` is a live slice; the host only reads `len` bytes.
+    unsafe { host_write_channels(bytes.as_ptr(), len) }
+}
+
+#[link(wasm_import_module = "host")]
+extern "C" {
+    #[link_name = "get_config"]
+    fn host_get_config(key_ptr: *const u8, key_len: i32, out_ptr: *mut u8, out_cap: i32) -> i32;
+}
+
+/// Reads the configuration value for `key` into `out`; returns the value's
+/// full length (which may exceed `out.len()`) or a negative status.
+pub(crate) fn get_config(key: &str, out: &mut [u8]) -> i32 {
+    let key_len = key.len().min(i32::MAX as usize) as i32;
+    let cap = out.len().min(i32::MAX as usize) as i32;
+    // SAFETY: `key` is a live &str and `out` an exclusive slice; the host
+    // reads `key_len` bytes and writes at most `cap` bytes.
+    unsafe { host_get_config(key.as_ptr(), key_len, out.as_mut_ptr(), cap) }
+}

@@ -1,0 +1,855 @@
+//! The pipeline: source_loading → data_mapping → filtering →
+//! channel_numbering → m3u_generation, batch by batch.
+//!
+//! Each stage runs the first usable strategy of its TOML list (see
+//! [`strategy`]); a plugin that fails on a batch hands that same batch to the
+//! next candidate, ending with a native strategy that cannot fail. Streaming is
+//! the default; an in-memory strategy (chosen only under low memory pressure)
+//! holds the playlist at its stage and lets it go on once all has arrived.
+
+mod plugin_stage;
+mod stats;
+pub mod strategy;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use m3u_proxy_plugin_abi::{MemoryPressureLevel, Stage, StageContext};
+
+use crate::config::Config;
+use crate::m3u::{M3uReader, M3uWriter, PlaylistHeader};
+use crate::memory::MemoryMonitor;
+use crate::native::filter::{FilterAction, FilterRule, FilterSet};
+use crate::native::mapping::Mapper;
+use crate::native::numbering::{number_in_memory, ChannelNumberer};
+use crate::runtime::{PluginRuntime, PluginSettings};
+use crate::{Error, OwnedChannel, Result};
+
+pub use plugin_stage::PluginSlot;
+pub use stats::{PluginStats, RunStats, StageStats};
+use strategy::{Candidate, NativeStrategy, StagePlan, IN_MEMORY_MAX_PRESSURE};
+
+/// One playlist input.
+pub struct Source {
+    /// Name for logs.
+    pub name: String,
+    reader: Box<dyn BufRead + Send>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source {
+    /// A file, or standard input for `-`.
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub fn open(path: &Path) -> Result<Source> {
+        if path.as_os_str() == "-" {
+            return Ok(Source::from_reader(
+                "stdin",
+                BufReader::new(std::io::stdin()),
+            ));
+        }
+        let file = std::fs::File::open(path).map_err(|error| Error::io(path, error))?;
+        Ok(Source::from_reader(
+            path.display().to_string(),
+            BufReader::with_capacity(256 << 10, file),
+        ))
+    }
+
+    /// Any reader.
+    pub fn from_reader(name: impl Into<String>, reader: impl BufRead + Send + 'static) -> Source {
+        Source {
+            name: name.into(),
+            reader: Box::new(reader),
+        }
+    }
+}
+
+/// Where finished batches go.
+pub trait ChannelSink {
+    /// Called once, before the first batch, with the merged playlist header.
+    ///
+    /// # Errors
+    /// Output errors.
+    fn begin(&mut self, header: &PlaylistHeader) -> Result<()>;
+    /// A finished batch, in output order.
+    ///
+    /// # Errors
+    /// Output errors.
+    fn write_batch(&mut self, batch: &[OwnedChannel]) -> Result<()>;
+    /// Called once at the end.
+    ///
+    /// # Errors
+    /// Output errors.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// Writes M3U to any `Write`.
+pub struct M3uSink<W: Write> {
+    out: Option<W>,
+    writer: Option<M3uWriter<W>>,
+}
+
+impl<W: Write> M3uSink<W> {
+    /// A sink writing to `out`.
+    pub fn new(out: W) -> Self {
+        M3uSink {
+            out: Some(out),
+            writer: None,
+        }
+    }
+}
+
+impl<W: Write> ChannelSink for M3uSink<W> {
+    fn begin(&mut self, header: &PlaylistHeader) -> Result<()> {
+        if let Some(out) = self.out.take() {
+            self.writer = Some(M3uWriter::new(out, header)?);
+        }
+        Ok(())
+    }
+
+    fn write_batch(&mut self, batch: &[OwnedChannel]) -> Result<()> {
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::config("m3u sink used before begin()"))?;
+        batch
+            .iter()
+            .try_for_each(|channel| writer.write_channel(channel))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        match self.writer.take() {
+            Some(writer) => writer.finish().map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Collects channels in memory.
+#[derive(Debug, Default)]
+pub struct CollectSink {
+    /// The header seen.
+    pub header: PlaylistHeader,
+    /// The channels, in output order.
+    pub channels: Vec<OwnedChannel>,
+}
+
+impl ChannelSink for CollectSink {
+    fn begin(&mut self, header: &PlaylistHeader) -> Result<()> {
+        self.header = header.clone();
+        Ok(())
+    }
+
+    fn write_batch(&mut self, batch: &[OwnedChannel]) -> Result<()> {
+        self.channels.extend_from_slice(batch);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A configured pipeline with its plugins loaded. Reusable for many runs.
+pub struct Pipeline {
+    config: Config,
+    plugins: Vec<PluginSlot>,
+    load_errors: Vec<String>,
+    failed_plugin_names: HashSet<String>,
+    mapper: Mapper,
+    filters: FilterSet,
+    monitor: MemoryMonitor,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("plugins", &self.plugins)
+            .field("load_errors", &self.load_errors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Builds the pipeline: compiles rules and filters, loads every plugin of
+    /// `plugin_directory` (a bad file is reported and skipped) and checks the
+    /// strategy lists.
+    ///
+    /// # Errors
+    /// Bad rules, an unusable plugin directory, unknown strategy names.
+    pub fn new(config: Config) -> Result<Pipeline> {
+        let mapper = Mapper::parse(&config.mapping.rules)?;
+        let filters = config
+            .filtering
+            .filters
+            .iter()
+            .map(|filter| {
+                let action = match filter.action {
+                    crate::config::FilterActionConfig::Include => FilterAction::Include,
+                    crate::config::FilterActionConfig::Exclude => FilterAction::Exclude,
+                };
+                FilterRule::parse(action, &filter.expression)
+            })
+            .collect::<Result<FilterSet>>()?;
+        let monitor = MemoryMonitor::new(config.memory.thresholds());
+        monitor.force_level(config.memory.force_level.map(|level| level.0));
+        let mut pipeline = Pipeline {
+            config,
+            plugins: Vec::new(),
+            load_errors: Vec::new(),
+            failed_plugin_names: HashSet::new(),
+            mapper,
+            filters,
+            monitor,
+        };
+        pipeline.load_plugins()?;
+        pipeline.check_strategy_names()?;
+        Ok(pipeline)
+    }
+
+    /// Forces a memory-pressure level (for tests and `--memory-pressure`).
+    pub fn force_memory_pressure(&mut self, level: Option<MemoryPressureLevel>) {
+        self.monitor.force_level(level);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The loaded plugins.
+    pub fn plugins(&self) -> &[PluginSlot] {
+        &self.plugins
+    }
+
+    /// Plugins that failed to load, with path and cause.
+    pub fn load_errors(&self) -> &[String] {
+        &self.load_errors
+    }
+
+    fn load_plugins(&mut self) -> Result<()> {
+        let settings = &self.config.proxy_generation.wasm_plugins;
+        if !settings.enabled {
+            return Ok(());
+        }
+        let security = &settings.security;
+        if security.allow_network_access || security.allow_file_system_access {
+            log::warn!(
+                "allow_network_access / allow_file_system_access are set, but no host function \
+                 offers network or file access: plugins still get neither"
+            );
+        }
+        let runtime =
+            PluginRuntime::new(settings.runtime_limits(), &security.allowed_host_functions)?;
+        let directory = settings.plugin_directory.clone();
+        let wants_plugins = Stage::ALL.iter().any(|&stage| {
+            settings
+                .strategies
+                .for_stage(stage)
+                .iter()
+                .any(|name| NativeStrategy::from_name(name).is_none())
+        });
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(error) if !wants_plugins => {
+                log::debug!("no plugins loaded from {}: {error}", directory.display());
+                return Ok(());
+            }
+            Err(error) => {
+                return Err(Error::config_key(
+                    "proxy_generation.wasm_plugins.plugin_directory",
+                    format!(
+                        "cannot read plugin directory {}: {error}; create it, or build the \
+                         example plugins with `cargo build`",
+                        directory.display()
+                    ),
+                ))
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+            .collect();
+        files.sort();
+        let all_settings: PluginSettings = self.config.plugin_settings();
+        for path in files {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let loaded = std::fs::read(&path)
+                .map_err(|error| Error::io(&path, error))
+                .and_then(|bytes| runtime.load(&bytes, &stem, &all_settings));
+            match loaded {
+                Ok(instance) => {
+                    let name = instance.info().name.to_string();
+                    if self.plugins.iter().any(|slot| slot.name() == name) {
+                        self.load_errors.push(format!(
+                            "{}: a plugin named `{name}` is already loaded",
+                            path.display()
+                        ));
+                        continue;
+                    }
+                    log::info!(
+                        "loaded plugin `{name}` {} from {}",
+                        instance.info().version,
+                        path.display()
+                    );
+                    self.plugins.push(PluginSlot::new(instance, path));
+                }
+                Err(error) => {
+                    log::warn!("plugin {} not loaded: {error}", path.display());
+                    self.load_errors
+                        .push(format!("{}: {error}", path.display()));
+                    self.failed_plugin_names.insert(stem);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_strategy_names(&self) -> Result<()> {
+        let plugins_enabled = self.config.proxy_generation.wasm_plugins.enabled;
+        for stage in Stage::ALL {
+            let names = self
+                .config
+                .proxy_generation
+                .wasm_plugins
+                .strategies
+                .for_stage(stage);
+            for name in names {
+                if let Some(native) = NativeStrategy::from_name(name) {
+                    if native.stage() != stage {
+                        return Err(Error::config_key(
+                            format!("proxy_generation.wasm_plugins.strategies.{}", stage.name()),
+                            format!(
+                                "`{name}` is a {} strategy, not a {} one",
+                                native.stage().name(),
+                                stage.name()
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+                let known = !plugins_enabled
+                    || self.plugins.iter().any(|slot| slot.name() == name.as_str())
+                    || self.failed_plugin_names.contains(name);
+                if !known {
+                    let natives: Vec<&str> = NativeStrategy::ALL
+                        .iter()
+                        .filter(|s| s.stage() == stage)
+                        .map(|s| s.name())
+                        .collect();
+                    let plugins: Vec<&str> = self.plugins.iter().map(|s| s.name()).collect();
+                    return Err(Error::config_key(
+                        format!("proxy_generation.wasm_plugins.strategies.{}", stage.name()),
+                        format!(
+                            "unknown strategy `{name}`; native strategies for this stage: {}; \
+                             loaded plugins: {}",
+                            natives.join(", "),
+                            if plugins.is_empty() {
+                                "none".to_string()
+                            } else {
+                                plugins.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Chooses the strategy chain of every stage for this pressure level.
+    pub fn plan(&mut self, level: MemoryPressureLevel) -> Vec<StagePlan> {
+        Stage::ALL
+            .into_iter()
+            .map(|stage| self.plan_stage(stage, level))
+            .collect()
+    }
+
+    fn plan_stage(&mut self, stage: Stage, level: MemoryPressureLevel) -> StagePlan {
+        let names = self
+            .config
+            .proxy_generation
+            .wasm_plugins
+            .strategies
+            .for_stage(stage)
+            .to_vec();
+        let mut chain = Vec::new();
+        let mut skipped = Vec::new();
+        for name in &names {
+            if let Some(native) = NativeStrategy::from_name(name) {
+                if native.in_memory() && level > IN_MEMORY_MAX_PRESSURE {
+                    skipped.push(format!("{name} (in-memory, pressure is {})", level.name()));
+                    continue;
+                }
+                chain.push(Candidate::Native(native));
+                break; // natives do not fail: nothing after one is reachable
+            }
+            let Some(index) = self
+                .plugins
+                .iter()
+                .position(|slot| slot.name() == name.as_str())
+            else {
+                skipped.push(format!("{name} (not loaded)"));
+                continue;
+            };
+            let slot = &mut self.plugins[index];
+            if slot.disabled {
+                skipped.push(format!(
+                    "{name} (switched off after {} failures)",
+                    slot.failures
+                ));
+            } else if !slot.instance.info().supports(stage) {
+                skipped.push(format!("{name} (does not implement {})", stage.name()));
+            } else {
+                match slot.instance.accepts_pressure(level) {
+                    Ok(true) => chain.push(Candidate::Plugin(index)),
+                    Ok(false) => {
+                        skipped.push(format!("{name} (declines pressure {})", level.name()))
+                    }
+                    Err(error) => {
+                        slot.failures += 1;
+                        slot.last_error = Some(error.to_string());
+                        skipped.push(format!("{name} (failed its pressure check: {error})"));
+                    }
+                }
+            }
+        }
+        if !matches!(chain.last(), Some(Candidate::Native(_))) {
+            chain.push(Candidate::Native(NativeStrategy::streaming_default(stage)));
+        }
+        let first = self.candidate_name(chain[0]);
+        let reason = match (names.is_empty(), skipped.is_empty()) {
+            (true, _) => "nothing listed: native streaming default".to_string(),
+            (false, true) => "first listed candidate".to_string(),
+            (false, false) => format!("skipped {}", skipped.join("; ")),
+        };
+        log::info!("stage {}: using {first} ({reason})", stage.name());
+        StagePlan {
+            stage,
+            chain,
+            reason,
+        }
+    }
+
+    fn candidate_name(&self, candidate: Candidate) -> String {
+        match candidate {
+            Candidate::Plugin(index) => self.plugins[index].name().to_string(),
+            Candidate::Native(native) => native.name().to_string(),
+        }
+    }
+
+    /// Opens the sources named in the config.
+    ///
+    /// # Errors
+    /// A source that cannot be opened, or none configured.
+    pub fn configured_sources(&self) -> Result<Vec<Source>> {
+        if self.config.sources.is_empty() {
+            return Err(Error::config_key(
+                "sources",
+                "no sources: add a [[sources]] table with a `path`, or pass --input",
+            ));
+        }
+        self.config
+            .sources
+            .iter()
+            .map(|s| Source::open(&s.path))
+            .collect()
+    }
+
+    /// Runs the pipeline over `sources` into `sink`.
+    ///
+    /// # Errors
+    /// I/O errors, or a plugin failure when `enable_fallbacks = false`.
+    pub fn run(&mut self, sources: Vec<Source>, sink: &mut dyn ChannelSink) -> Result<RunStats> {
+        let started = Instant::now();
+        let level = self.monitor.level();
+        let snapshot = self.monitor.snapshot().ok();
+        let plans = self.plan(level);
+        let mut run = RunState {
+            stats: RunStats {
+                memory_pressure: level.name().to_string(),
+                stages: plans
+                    .iter()
+                    .map(|plan| StageStats {
+                        stage: plan.stage.name().to_string(),
+                        strategy: self.candidate_name(plan.chain[0]),
+                        reason: plan.reason.clone(),
+                        ..StageStats::default()
+                    })
+                    .collect(),
+                plugin_load_errors: self.load_errors.clone(),
+                ..RunStats::default()
+            },
+            context: StageContext {
+                stage: Stage::SourceLoading,
+                memory_pressure: level,
+                available_memory: snapshot.map_or(0, |s| s.available_bytes),
+                proxy_name: self.config.proxy.name.clone().into(),
+                base_url: self.config.proxy.base_url.clone().into(),
+                batch_index: 0,
+            },
+            numberer: ChannelNumberer::new(self.config.numbering.start),
+            held: Vec::new(),
+            plans,
+        };
+        let plugin_baseline: Vec<(u64, u64)> = self
+            .plugins
+            .iter()
+            .map(|p| (p.instance.stats().calls, p.instance.stats().fuel_consumed))
+            .collect();
+
+        let in_memory_source =
+            run.plans[0].chain[0] == Candidate::Native(NativeStrategy::InMemorySource);
+        let numbering_barrier =
+            run.plans[3].chain[0] == Candidate::Native(NativeStrategy::InMemoryNumbering);
+        let sorted_output =
+            run.plans[4].chain[0] == Candidate::Native(NativeStrategy::SortedWriter);
+
+        let batch_size = self.config.pipeline.batch_size;
+        let mut loader = Loader::new(sources, in_memory_source)?;
+        let mut begun = false;
+        let mut next_id = 1u64;
+        while let Some(mut batch) = loader.next_batch(batch_size, &mut next_id)? {
+            if !begun {
+                // The header of the first source is known once it has been
+                // read; headers of later sources are merged when known by now.
+                sink.begin(&loader.header)?;
+                begun = true;
+            }
+            run.stats.batches += 1;
+            run.stats.channels_loaded += batch.len() as u64;
+            for stage_index in 0..3 {
+                self.run_stage(&mut run, stage_index, &mut batch)?;
+            }
+            if numbering_barrier {
+                run.held.append(&mut batch);
+                continue;
+            }
+            self.run_stage(&mut run, 3, &mut batch)?;
+            self.finish_batch(&mut run, batch, sorted_output, sink)?;
+        }
+        run.stats.malformed_entries = loader.malformed;
+        if !begun {
+            sink.begin(&loader.header)?;
+        }
+        if numbering_barrier {
+            let held = std::mem::take(&mut run.held);
+            let stage_started = Instant::now();
+            let mut all = held;
+            number_in_memory(&mut all, self.config.numbering.start);
+            let numbering = &mut run.stats.stages[3];
+            numbering.channels_in += all.len() as u64;
+            numbering.channels_out += all.len() as u64;
+            numbering.count_batch(NativeStrategy::InMemoryNumbering.name());
+            numbering.time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
+            for chunk in chunks(all, batch_size) {
+                self.finish_batch(&mut run, chunk, sorted_output, sink)?;
+            }
+        }
+        if sorted_output {
+            let mut all = std::mem::take(&mut run.held);
+            let stage_started = Instant::now();
+            all.sort_by_key(|channel| channel.tvg_chno.parse::<u64>().unwrap_or(u64::MAX));
+            let generation = &mut run.stats.stages[4];
+            generation.channels_in += all.len() as u64;
+            generation.channels_out += all.len() as u64;
+            generation.count_batch(NativeStrategy::SortedWriter.name());
+            generation.time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
+            for chunk in chunks(all, batch_size) {
+                run.stats.channels_written += chunk.len() as u64;
+                sink.write_batch(&chunk)?;
+            }
+        }
+        sink.finish()?;
+
+        let mut stats = run.stats;
+        for (slot, (calls_before, fuel_before)) in self.plugins.iter().zip(plugin_baseline) {
+            let instance_stats = slot.instance.stats();
+            let fuel = instance_stats.fuel_consumed - fuel_before;
+            stats.fuel_consumed += fuel;
+            stats.plugins.push(PluginStats {
+                name: slot.name().to_string(),
+                version: slot.instance.info().version.to_string(),
+                calls: instance_stats.calls - calls_before,
+                fuel,
+                failures: slot.failures,
+                disabled: slot.disabled,
+                last_error: slot.last_error.clone(),
+                time_us: instance_stats.time.as_micros() as u64,
+            });
+        }
+        stats.time_ms = started.elapsed().as_secs_f64() * 1e3;
+        stats.peak_rss_bytes = crate::memory::peak_rss_bytes();
+        Ok(stats)
+    }
+
+    /// Runs the pipeline and collects the channels.
+    ///
+    /// # Errors
+    /// See [`Pipeline::run`].
+    pub fn run_collect(&mut self, sources: Vec<Source>) -> Result<(Vec<OwnedChannel>, RunStats)> {
+        let mut sink = CollectSink::default();
+        let stats = self.run(sources, &mut sink)?;
+        Ok((sink.channels, stats))
+    }
+
+    /// The generation stage, then the sink (or the sort buffer).
+    fn finish_batch(
+        &mut self,
+        run: &mut RunState,
+        mut batch: Vec<OwnedChannel>,
+        sorted_output: bool,
+        sink: &mut dyn ChannelSink,
+    ) -> Result<()> {
+        if sorted_output {
+            run.held.append(&mut batch);
+            return Ok(());
+        }
+        self.run_stage(run, 4, &mut batch)?;
+        run.stats.channels_written += batch.len() as u64;
+        sink.write_batch(&batch)
+    }
+
+    /// One batch through one stage: the chain's candidates in order until
+    /// one succeeds.
+    fn run_stage(
+        &mut self,
+        run: &mut RunState,
+        stage_index: usize,
+        batch: &mut Vec<OwnedChannel>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let stage = run.plans[stage_index].stage;
+        run.context.stage = stage;
+        run.context.batch_index = (run.stats.batches.saturating_sub(1)) as u32;
+        let channels_in = batch.len() as u64;
+        let fallbacks = &self.config.proxy_generation.wasm_plugins.fallbacks;
+        let (enable_fallbacks, max_failures) =
+            (fallbacks.enable_fallbacks, fallbacks.max_plugin_failures);
+        let normal_timeout =
+            Duration::from_secs(self.config.proxy_generation.wasm_plugins.timeout_seconds);
+        let fallback_timeout = Duration::from_millis(fallbacks.fallback_timeout_ms);
+        let mut used = None;
+        for (position, &candidate) in run.plans[stage_index].chain.iter().enumerate() {
+            match candidate {
+                Candidate::Native(native) => {
+                    self.apply_native(native, batch, &mut run.numberer);
+                    used = Some(native.name().to_string());
+                    break;
+                }
+                Candidate::Plugin(index) => {
+                    let slot = &mut self.plugins[index];
+                    if slot.disabled {
+                        continue;
+                    }
+                    slot.instance.set_call_timeout(if position == 0 {
+                        normal_timeout
+                    } else {
+                        fallback_timeout.min(normal_timeout)
+                    });
+                    run.stats.plugin_calls += 1;
+                    match slot.run(stage, &run.context, batch) {
+                        Ok(()) => {
+                            used = Some(slot.name().to_string());
+                            break;
+                        }
+                        Err(error) if error.is_plugin_failure() => {
+                            slot.failures += 1;
+                            slot.last_error = Some(error.to_string());
+                            run.stats.plugin_failures += 1;
+                            log::warn!(
+                                "plugin `{}` failed on batch {} of {}: {error}",
+                                slot.name(),
+                                run.context.batch_index,
+                                stage.name()
+                            );
+                            if slot.failures >= max_failures {
+                                slot.disabled = true;
+                                log::warn!(
+                                    "plugin `{}` switched off after {} failures \
+                                     (max_plugin_failures)",
+                                    slot.name(),
+                                    slot.failures
+                                );
+                            }
+                            if !enable_fallbacks {
+                                return Err(error);
+                            }
+                            run.stats.fallbacks += 1;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        }
+        let stage_stats = &mut run.stats.stages[stage_index];
+        if let Some(name) = used {
+            stage_stats.count_batch(&name);
+        }
+        stage_stats.channels_in += channels_in;
+        stage_stats.channels_out += batch.len() as u64;
+        stage_stats.time_ms += started.elapsed().as_secs_f64() * 1e3;
+        Ok(())
+    }
+
+    fn apply_native(
+        &self,
+        native: NativeStrategy,
+        batch: &mut Vec<OwnedChannel>,
+        numberer: &mut ChannelNumberer,
+    ) {
+        match native {
+            NativeStrategy::Mapping => {
+                if !self.mapper.is_empty() {
+                    for channel in batch.iter_mut() {
+                        self.mapper.apply(channel);
+                    }
+                }
+            }
+            NativeStrategy::Filter => {
+                if !self.filters.is_empty() {
+                    batch.retain(|channel| self.filters.keeps(channel));
+                }
+            }
+            // As a per-batch fallback the in-memory numbering runs streaming:
+            // the barrier (where it differs) only exists when it runs first.
+            NativeStrategy::StreamingNumbering | NativeStrategy::InMemoryNumbering => {
+                for channel in batch.iter_mut() {
+                    numberer.assign(channel);
+                }
+            }
+            // Reading and writing happen around the stages; as stage steps
+            // these leave the batch as it is.
+            NativeStrategy::StreamingSource
+            | NativeStrategy::InMemorySource
+            | NativeStrategy::StreamingWriter
+            | NativeStrategy::SortedWriter => {}
+        }
+    }
+}
+
+struct RunState {
+    stats: RunStats,
+    context: StageContext<'static>,
+    numberer: ChannelNumberer,
+    held: Vec<OwnedChannel>,
+    plans: Vec<StagePlan>,
+}
+
+fn chunks(all: Vec<OwnedChannel>, size: usize) -> impl Iterator<Item = Vec<OwnedChannel>> {
+    let mut rest = all.into_iter().peekable();
+    std::iter::from_fn(move || {
+        rest.peek()?;
+        Some(rest.by_ref().take(size).collect())
+    })
+}
+
+/// Reads the sources one after another, in batches, assigning ids.
+struct Loader {
+    readers: std::vec::IntoIter<(u32, M3uReader<Box<dyn BufRead + Send>>)>,
+    current: Option<(u32, M3uReader<Box<dyn BufRead + Send>>)>,
+    /// Set for `inmemory_full`: everything, read up front.
+    preloaded: Option<std::vec::IntoIter<OwnedChannel>>,
+    header: PlaylistHeader,
+    malformed: u64,
+}
+
+impl Loader {
+    fn new(sources: Vec<Source>, in_memory: bool) -> Result<Loader> {
+        let mut readers = Vec::with_capacity(sources.len());
+        let header = PlaylistHeader::default();
+        for (index, source) in sources.into_iter().enumerate() {
+            let mut reader = source.reader;
+            if in_memory {
+                let mut bytes = Vec::new();
+                reader
+                    .read_to_end(&mut bytes)
+                    .map_err(|error| Error::io(&source.name, error))?;
+                reader = Box::new(std::io::Cursor::new(bytes));
+            }
+            readers.push((index as u32, M3uReader::new(reader, index as u32)));
+        }
+        let mut loader = Loader {
+            readers: readers.into_iter(),
+            current: None,
+            preloaded: None,
+            header,
+            malformed: 0,
+        };
+        if in_memory {
+            let mut all = Vec::new();
+            let mut next_id = 1;
+            while let Some(mut batch) = loader.next_from_readers(usize::MAX, &mut next_id)? {
+                all.append(&mut batch);
+            }
+            loader.preloaded = Some(all.into_iter());
+        }
+        Ok(loader)
+    }
+
+    fn next_batch(&mut self, size: usize, next_id: &mut u64) -> Result<Option<Vec<OwnedChannel>>> {
+        if let Some(preloaded) = &mut self.preloaded {
+            let batch: Vec<OwnedChannel> = preloaded.take(size).collect();
+            *next_id += batch.len() as u64;
+            return Ok((!batch.is_empty()).then_some(batch));
+        }
+        self.next_from_readers(size, next_id)
+    }
+
+    fn next_from_readers(
+        &mut self,
+        size: usize,
+        next_id: &mut u64,
+    ) -> Result<Option<Vec<OwnedChannel>>> {
+        let mut batch = Vec::with_capacity(size.min(4096));
+        while batch.len() < size {
+            if self.current.is_none() {
+                self.current = self.readers.next();
+            }
+            let Some((_, reader)) = &mut self.current else {
+                break;
+            };
+            let next = reader.next();
+            // A reader knows its header once it has read its first line.
+            merge_header(&mut self.header, reader.header());
+            match next {
+                Some(channel) => {
+                    let mut channel = channel?;
+                    channel.id = *next_id;
+                    *next_id += 1;
+                    batch.push(channel);
+                }
+                None => {
+                    self.malformed += reader.malformed();
+                    self.current = None;
+                }
+            }
+        }
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+}
+
+fn merge_header(into: &mut PlaylistHeader, from: &PlaylistHeader) {
+    for (name, value) in &from.attributes {
+        if !into
+            .attributes
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            into.attributes.push((name.clone(), value.clone()));
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Running one batch through a plugin: encode the fields it reads, call it,
+//! check its answer against the batch, and only then apply it. A rejected
+//! answer leaves the batch untouched, so the next strategy sees the same input.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use m3u_proxy_plugin_abi::{
+    keep_mask_get, keep_mask_len, Channel, FieldSet, Patch, PatchOp, Stage, StageContext,
+    StageInput, StageOutput,
+};
+
+use crate::runtime::PluginInstance;
+use crate::{Error, OwnedChannel, Result};
+
+/// A loaded plugin and its health during a run.
+#[derive(Debug)]
+pub struct PluginSlot {
+    /// The instance.
+    pub instance: PluginInstance,
+    /// Path it was loaded from.
+    pub path: std::path::PathBuf,
+    /// Failures so far.
+    pub failures: u32,
+    /// Switched off after too many failures.
+    pub disabled: bool,
+    /// Last failure, for the summary.
+    pub last_error: Option<String>,
+    /// Reusable encode buffer, as large as the plugin's arena.
+    buffer: Vec<u8>,
+}
+
+impl PluginSlot {
+    /// Wraps an instance.
+    pub fn new(instance: PluginInstance, path: std::path::PathBuf) -> Self {
+        let capacity = instance.arena_capacity() as usize;
+        PluginSlot {
+            instance,
+            path,
+            failures: 0,
+            disabled: false,
+            last_error: None,
+            buffer: vec![0; capacity],
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.instance.info().name
+    }
+
+    /// Runs `stage` on `batch` in place. On error the batch is unchanged.
+    ///
+    /// # Errors
+    /// Any plugin failure or malformed answer.
+    pub fn run(
+        &mut self,
+        stage: Stage,
+        context: &StageContext<'_>,
+        batch: &mut Vec<OwnedChannel>,
+    ) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let reads = self.instance.info().reads;
+        let input = StageInput {
+            context: context.clone(),
+            fields: reads,
+            channels: batch.iter().map(|c| c.project(reads)).collect(),
+        };
+        let encoded_len = match postcard::to_slice(&input, &mut self.buffer) {
+            Ok(bytes) => bytes.len(),
+            Err(postcard::Error::SerializeBufferFull) if batch.len() > 1 => {
+                drop(input);
+                return self.run_split(stage, context, batch);
+            }
+            Err(error) => {
+                return Err(Error::malformed(format!(
+                    "one channel does not fit the plugin's {} byte arena: {error}",
+                    self.buffer.len()
+                )))
+            }
+        };
+        drop(input);
+        let output = self
+            .instance
+            .execute_stage(stage, &self.buffer[..encoded_len])?;
+        let (answer, rest): (StageOutput<'_>, &[u8]) = postcard::take_from_bytes(output)
+            .map_err(|error| Error::malformed(format!("output does not decode: {error}")))?;
+        if !rest.is_empty() {
+            return Err(Error::malformed(format!(
+                "{} bytes after the end of the output",
+                rest.len()
+            )));
+        }
+        apply(stage, reads, answer, batch)
+    }
+
+    /// A batch too large for the arena goes in two halves, in order.
+    fn run_split(
+        &mut self,
+        stage: Stage,
+        context: &StageContext<'_>,
+        batch: &mut Vec<OwnedChannel>,
+    ) -> Result<()> {
+        // Rare path: keep the original so a failure in the second half
+        // leaves the batch exactly as it came in.
+        let original = batch.clone();
+        let mut second = batch.split_off(batch.len() / 2);
+        let mut first = std::mem::take(batch);
+        let result = self
+            .run(stage, context, &mut first)
+            .and_then(|()| self.run(stage, context, &mut second));
+        *batch = match result {
+            Ok(()) => {
+                first.append(&mut second);
+                first
+            }
+            Err(_) => original,
+        };
+        result
+    }
+}
+
+/// Checks `answer` against `batch` and applies it; touches nothing on error.
+fn apply(
+    stage: Stage,
+    reads: FieldSet,
+    answer: StageOutput<'_>,
+    batch: &mut Vec<OwnedChannel>,
+) -> Result<()> {
+    match answer {
+        StageOutput::Keep(mask) => {
+            if stage != Stage::Filtering {
+                return Err(Error::malformed(format!(
+                    "a keep mask only answers the filtering stage, not {}",
+                    stage.name()
+                )));
+            }
+            if mask.len() != keep_mask_len(batch.len()) {
+                return Err(Error::malformed(format!(
+                    "keep mask has {} bytes for {} channels (expected {})",
+                    mask.len(),
+                    batch.len(),
+                    keep_mask_len(batch.len())
+                )));
+            }
+            let mut index = 0;
+            batch.retain(|_| {
+                let keep = keep_mask_get(&mask, index);
+                index += 1;
+                keep
+            });
+            Ok(())
+        }
+        StageOutput::Patches(patches) => {
+            if stage == Stage::Filtering {
+                return Err(Error::malformed(
+                    "a filter answers with a keep mask or channels",
+                ));
+            }
+            for patch in &patches {
+                check_patch(patch, batch.len())?;
+            }
+            for patch in patches {
+                apply_patch(&mut batch[patch.index as usize], patch.op);
+            }
+            Ok(())
+        }
+        StageOutput::Channels(channels) => {
+            if !reads.is_all() {
+                return Err(Error::malformed(
+                    "the plugin returned whole channels but reads only some fields; \
+                     it must declare READS = FieldSet::ALL or answer with patches/a keep mask",
+                ));
+            }
+            check_channel_ids(stage, &channels, batch)?;
+            *batch = channels.into_iter().map(Channel::into_owned).collect();
+            Ok(())
+        }
+    }
+}
+
+fn check_patch(patch: &Patch<'_>, batch_len: usize) -> Result<()> {
+    if patch.index as usize >= batch_len {
+        return Err(Error::malformed(format!(
+            "patch for channel {} but the batch has {batch_len}",
+            patch.index
+        )));
+    }
+    if let PatchOp::SetField(field, _) = &patch.op {
+        if !field.is_text() {
+            return Err(Error::malformed(format!(
+                "field `{}` cannot be set as text",
+                field.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn apply_patch(channel: &mut OwnedChannel, op: PatchOp<'_>) {
+    match op {
+        PatchOp::SetField(field, value) => {
+            if let Some(slot) = channel.text_mut(field) {
+                *slot = Cow::Owned(value.into_owned());
+            }
+        }
+        PatchOp::SetAttribute(name, value) => channel.set_attribute(
+            Cow::Owned(name.into_owned()),
+            Cow::Owned(value.into_owned()),
+        ),
+        PatchOp::RemoveAttribute(name) => channel
+            .attributes
+            .retain(|attribute| !attribute.name.eq_ignore_ascii_case(&name)),
+    }
+}
+
+/// A plugin may not invent or duplicate channels: a filter returns a
+/// subsequence of its input, a mapper or numberer the same ids in order,
+/// and a transformer each input id at most once.
+fn check_channel_ids(stage: Stage, output: &[Channel<'_>], input: &[OwnedChannel]) -> Result<()> {
+    let invented = |id: u64| {
+        Error::malformed(format!(
+            "output has channel id {id}, which was not in the input batch"
+        ))
+    };
+    match stage {
+        Stage::Filtering => {
+            let mut inputs = input.iter().map(|c| c.id);
+            for channel in output {
+                if !inputs.any(|id| id == channel.id) {
+                    return Err(invented(channel.id));
+                }
+            }
+        }
+        Stage::DataMapping | Stage::ChannelNumbering => {
+            if output.len() != input.len()
+                || output.iter().zip(input).any(|(out, inp)| out.id != inp.id)
+            {
+                return Err(Error::malformed(format!(
+                    "{} must return the same {} channels in the same order, got {}",
+                    stage.name(),
+                    input.len(),
+                    output.len()
+                )));
+            }
+        }
+        Stage::SourceLoading | Stage::M3uGeneration => {
+            let known: HashSet<u64> = input.iter().map(|c| c.id).collect();
+            let mut seen = HashSet::with_capacity(output.len());
+            for channel in output {
+                if !known.contains(&channel.id) {
+                    return Err(invented(channel.id));
+                }
+                if !seen.insert(channel.id) {
+                    return Err(Error::malformed(format!(
+                        "output repeats channel id {}",
+                        channel.id
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m3u_proxy_plugin_abi::Field;
+
+    fn batch(n: u64) -> Vec<OwnedChannel> {
+        (1..=n)
+            .map(|id| Channel {
+                id,
+                channel_name: format!("c{id}").into(),
+                ..Channel::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keep_mask_filters_by_position() {
+        let mut channels = batch(10);
+        let answer = StageOutput::Keep(Cow::Owned(vec![0b0000_0101, 0b10]));
+        apply(Stage::Filtering, FieldSet::NONE, answer, &mut channels).unwrap();
+        let ids: Vec<u64> = channels.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [1, 3, 10]);
+    }
+
+    #[test]
+    fn wrong_mask_length_leaves_the_batch_alone() {
+        let mut channels = batch(10);
+        let answer = StageOutput::Keep(Cow::Owned(vec![0xff]));
+        let error = apply(Stage::Filtering, FieldSet::NONE, answer, &mut channels).unwrap_err();
+        assert!(
+            error.to_string().contains("1 bytes for 10 channels"),
+            "{error}"
+        );
+        assert_eq!(channels, batch(10));
+    }
+
+    #[test]
+    fn patches_are_checked_before_any_is_applied() {
+        let mut channels = batch(3);
+        let answer = StageOutput::Patches(vec![
+            Patch {
+                index: 0,
+                op: PatchOp::SetField(Field::GroupTitle, "G".into()),
+            },
+            Patch {
+                index: 7,
+                op: PatchOp::SetField(Field::GroupTitle, "G".into()),
+            },
+        ]);
+        assert!(apply(Stage::DataMapping, FieldSet::ALL, answer, &mut channels).is_err());
+        assert_eq!(channels, batch(3), "first patch was not applied");
+    }
+
+    #[test]
+    fn filters_cannot_invent_or_reorder_channels() {
+        let input = batch(3);
+        let out = |ids: &[u64]| -> Vec<Channel<'static>> {
+            ids.iter()
+                .map(|&id| Channel {
+                    id,
+                    ..Channel::default()
+                })
+                .collect()
+        };
+        assert!(check_channel_ids(Stage::Filtering, &out(&[1, 3]), &input).is_ok());
+        assert!(check_channel_ids(Stage::Filtering, &out(&[3, 1]), &input).is_err());
+        assert!(check_channel_ids(Stage::Filtering, &out(&[4]), &input).is_err());
+        assert!(check_channel_ids(Stage::DataMapping, &out(&[1, 2]), &input).is_err());
+        assert!(check_channel_ids(Stage::M3uGeneration, &out(&[2, 2]), &input).is_err());
+        assert!(check_channel_ids(Stage::M3uGeneration, &out(&[3, 1]), &input).is_ok());
+    }
+
+    #[test]
+    fn whole_channels_need_a_plugin_that_reads_everything() {
+        let mut channels = batch(2);
+        let answer = StageOutput::Channels(vec![]);
+        let reads = FieldSet::of(&[Field::ChannelName]);
+        assert!(apply(Stage::Filtering, reads, answer, &mut channels).is_err());
+        assert_eq!(channels.len(), 2);
+    }
+}

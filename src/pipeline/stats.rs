@@ -1,0 +1,157 @@
+//! What a run reports: per stage, per plugin, and in total.
+
+use serde::Serialize;
+
+/// Counters of one stage.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct StageStats {
+    /// Stage name.
+    pub stage: String,
+    /// Strategy chosen to run first.
+    pub strategy: String,
+    /// Why it was chosen.
+    pub reason: String,
+    /// Channels that entered the stage.
+    pub channels_in: u64,
+    /// Channels that left it.
+    pub channels_out: u64,
+    /// Batches run by each strategy (fallbacks show up here).
+    pub batches_by_strategy: Vec<(String, u64)>,
+    /// Time spent in the stage, in milliseconds.
+    pub time_ms: f64,
+}
+
+impl StageStats {
+    pub(crate) fn count_batch(&mut self, strategy: &str) {
+        match self
+            .batches_by_strategy
+            .iter_mut()
+            .find(|(s, _)| s == strategy)
+        {
+            Some((_, count)) => *count += 1,
+            None => self.batches_by_strategy.push((strategy.to_string(), 1)),
+        }
+    }
+}
+
+/// Counters of one plugin.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct PluginStats {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// Export calls.
+    pub calls: u64,
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Failed batches.
+    pub failures: u32,
+    /// Switched off during the run.
+    pub disabled: bool,
+    /// Last error, if any.
+    pub last_error: Option<String>,
+    /// Time inside the plugin, in microseconds.
+    pub time_us: u64,
+}
+
+/// Everything a run reports (`--stats-json` writes this).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RunStats {
+    /// Memory pressure when the run was planned.
+    pub memory_pressure: String,
+    /// Channels read from the sources.
+    pub channels_loaded: u64,
+    /// Channels written.
+    pub channels_written: u64,
+    /// Malformed entries skipped while reading.
+    pub malformed_entries: u64,
+    /// Batches.
+    pub batches: u64,
+    /// Per stage, in pipeline order.
+    pub stages: Vec<StageStats>,
+    /// Per plugin.
+    pub plugins: Vec<PluginStats>,
+    /// Plugin calls on batches.
+    pub plugin_calls: u64,
+    /// Fuel used by all plugins.
+    pub fuel_consumed: u64,
+    /// Plugin failures on batches.
+    pub plugin_failures: u64,
+    /// Batches re-run by a fallback strategy.
+    pub fallbacks: u64,
+    /// Plugins that failed to load (path and cause).
+    pub plugin_load_errors: Vec<String>,
+    /// Wall-clock time of the run, in milliseconds.
+    pub time_ms: f64,
+    /// Peak resident memory of the process, in bytes, if known.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl RunStats {
+    /// A short human-readable summary.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ =
+            writeln!(
+            out,
+            "{} channels in, {} out ({} malformed skipped), {} batches, {:.1} ms, pressure {}, \
+             peak RSS {}",
+            self.channels_loaded,
+            self.channels_written,
+            self.malformed_entries,
+            self.batches,
+            self.time_ms,
+            self.memory_pressure,
+            self.peak_rss_bytes
+                .map_or("unknown".to_string(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+        );
+        for stage in &self.stages {
+            let batches: Vec<String> = stage
+                .batches_by_strategy
+                .iter()
+                .map(|(name, n)| format!("{name}×{n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<18} {:>8} → {:<8} {:<22} {:>8.1} ms  [{}]",
+                stage.stage,
+                stage.channels_in,
+                stage.channels_out,
+                stage.strategy,
+                stage.time_ms,
+                batches.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "plugins: {} calls, {} fuel, {} failures, {} fallbacks",
+            self.plugin_calls, self.fuel_consumed, self.plugin_failures, self.fallbacks
+        );
+        for plugin in &self.plugins {
+            let _ = writeln!(
+                out,
+                "  {} {}: {} calls, {} fuel, {} failures{}{}",
+                plugin.name,
+                plugin.version,
+                plugin.calls,
+                plugin.fuel,
+                plugin.failures,
+                if plugin.disabled {
+                    ", switched off"
+                } else {
+                    ""
+                },
+                plugin
+                    .last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(", last error: {e}"))
+            );
+        }
+        for error in &self.plugin_load_errors {
+            let _ = writeln!(out, "  not loaded: {error}");
+        }
+        out
+    }
+}

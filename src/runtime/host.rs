@@ -1,0 +1,375 @@
+//! What the host offers a plugin: the per-instance [`HostState`] (the data
+//! of its `Store`), the memory limiter, and the [`Linker`] holding exactly
+//! the allowlisted host functions.
+//!
+//! Every host function bounds-checks the guest's pointers against the arena
+//! and charges fuel for the bytes it moves, so a guest cannot make the host
+//! work for free.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use m3u_proxy_plugin_abi::{host_functions as names, status, MAX_CONFIG_KEY_LEN};
+use wasmi::{Caller, Engine, Extern, Linker, ResourceLimiter};
+use wasmi_core::LimiterError;
+
+/// Fuel charged for entering any host function.
+pub const HOST_CALL_BASE_FUEL: u64 = 20;
+/// Bytes moved per unit of fuel charged by host functions. Interpreted Wasm
+/// moves roughly one byte per instruction in a copy loop; a host memcpy is far
+/// cheaper, so 1 fuel per 8 bytes is still a real cost.
+pub const HOST_BYTES_PER_FUEL: u64 = 8;
+/// Longest log line kept; the rest is cut.
+pub const MAX_LOG_LINE_BYTES: usize = 1024;
+/// Log lines accepted per plugin call; later ones are counted and dropped.
+pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
+
+/// Trap raised by a host function. It becomes an [`crate::ErrorKind`] when
+/// the call returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostFault {
+    /// The plugin has no fuel left for the host function's work.
+    OutOfFuel,
+    /// A pointer/length from the plugin falls outside the arena.
+    OutsideArena { ptr: u64, len: u64 },
+    /// The plugin has no usable `memory` export.
+    NoMemory,
+}
+
+impl fmt::Display for HostFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostFault::OutOfFuel => f.write_str("out of fuel in a host function"),
+            HostFault::OutsideArena { ptr, len } => {
+                write!(f, "range {ptr}+{len} is outside the arena")
+            }
+            HostFault::NoMemory => f.write_str("plugin has no memory export"),
+        }
+    }
+}
+
+impl wasmi::errors::HostError for HostFault {}
+
+/// Refuses memory growth past the limit and remembers that it did, so the
+/// resulting trap is reported as a memory-limit error.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    pub(crate) limit_bytes: usize,
+    pub(crate) denied: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, LimiterError> {
+        if desired > self.limit_bytes || maximum.is_some_and(|max| desired > max) {
+            self.denied = true;
+            // Trap instead of returning -1: a module that ignores -1 would
+            // otherwise spin until its fuel runs out and hide the cause.
+            return Err(LimiterError::ResourceLimiterDeniedAllocation);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, LimiterError> {
+        const MAX_TABLE_ELEMENTS: usize = 100_000;
+        if desired > MAX_TABLE_ELEMENTS || maximum.is_some_and(|max| desired > max) {
+            self.denied = true;
+            return Err(LimiterError::ResourceLimiterDeniedAllocation);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        4
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// The data of one plugin instance's `Store`.
+pub(crate) struct HostState {
+    pub(crate) plugin_name: String,
+    pub(crate) limiter: MemoryLimiter,
+    /// Arena bounds, set once the guest has declared them.
+    pub(crate) arena: Option<(u32, u32)>,
+    /// Input bytes of the current call and how far the guest has read.
+    pub(crate) input: Vec<u8>,
+    pub(crate) input_cursor: usize,
+    /// Output bytes pushed by the guest during the current call.
+    pub(crate) output: Vec<u8>,
+    pub(crate) max_output_bytes: usize,
+    /// Fuel of the current call not yet handed to the store (see `call.rs`).
+    pub(crate) fuel_reserve: u64,
+    pub(crate) config: BTreeMap<String, String>,
+    pub(crate) log_lines_this_call: u32,
+    pub(crate) log_lines_dropped: u64,
+}
+
+impl HostState {
+    pub(crate) fn new(plugin_name: String, memory_limit: usize, max_output_bytes: usize) -> Self {
+        HostState {
+            plugin_name,
+            limiter: MemoryLimiter {
+                limit_bytes: memory_limit,
+                denied: false,
+            },
+            arena: None,
+            input: Vec::new(),
+            input_cursor: 0,
+            output: Vec::new(),
+            max_output_bytes,
+            fuel_reserve: 0,
+            config: BTreeMap::new(),
+            log_lines_this_call: 0,
+            log_lines_dropped: 0,
+        }
+    }
+
+    /// Prepares for a new guest call.
+    pub(crate) fn begin_call(&mut self) {
+        self.input_cursor = 0;
+        self.output.clear();
+        self.log_lines_this_call = 0;
+        self.limiter.denied = false;
+    }
+}
+
+/// Charges `bytes` worth of host work to the calling guest's fuel.
+fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> Result<(), wasmi::Error> {
+    let cost = HOST_CALL_BASE_FUEL + bytes as u64 / HOST_BYTES_PER_FUEL;
+    let fuel = caller.get_fuel()?;
+    if fuel >= cost {
+        caller.set_fuel(fuel - cost)?;
+        return Ok(());
+    }
+    // The store holds one slice of the budget; draw the rest from the
+    // reserve the call loop has not handed out yet.
+    let missing = cost - fuel;
+    let state = caller.data_mut();
+    if state.fuel_reserve < missing {
+        state.fuel_reserve = 0;
+        caller.set_fuel(0)?;
+        return Err(wasmi::Error::host(HostFault::OutOfFuel));
+    }
+    state.fuel_reserve -= missing;
+    caller.set_fuel(0)?;
+    Ok(())
+}
+
+/// Checks that `ptr..ptr+len` lies inside the arena; returns it as a range.
+fn arena_range(
+    state: &HostState,
+    ptr: i32,
+    len: i32,
+) -> Result<std::ops::Range<usize>, wasmi::Error> {
+    let fault = || {
+        wasmi::Error::host(HostFault::OutsideArena {
+            ptr: ptr as u32 as u64,
+            len: len as u32 as u64,
+        })
+    };
+    let (start, capacity) = state.arena.ok_or_else(fault)?;
+    let (ptr, len) = (ptr as u32 as u64, len as u32 as u64);
+    let (start, end) = (u64::from(start), u64::from(start) + u64::from(capacity));
+    if len > u64::from(u32::MAX >> 1) || ptr < start || ptr + len > end {
+        return Err(fault());
+    }
+    Ok(ptr as usize..(ptr + len) as usize)
+}
+
+fn memory(caller: &Caller<'_, HostState>) -> Result<wasmi::Memory, wasmi::Error> {
+    match caller.get_export(m3u_proxy_plugin_abi::exports::MEMORY) {
+        Some(Extern::Memory(memory)) => Ok(memory),
+        _ => Err(wasmi::Error::host(HostFault::NoMemory)),
+    }
+}
+
+/// The Wasm signature of each host function, as `(params, results)`.
+pub(crate) fn signature(
+    name: &str,
+) -> Option<(&'static [wasmi::ValType], &'static [wasmi::ValType])> {
+    use wasmi::ValType::{I32, I64};
+    Some(match name {
+        names::LOG => (&[I32, I32, I32], &[]),
+        names::GET_MEMORY_USAGE => (&[], &[I64]),
+        names::READ_CHANNELS => (&[I32, I32], &[I32]),
+        names::WRITE_CHANNELS => (&[I32, I32], &[I32]),
+        names::GET_CONFIG => (&[I32, I32, I32, I32], &[I32]),
+        _ => return None,
+    })
+}
+
+/// A linker that defines exactly the host functions in `allowed`.
+pub(crate) fn linker(engine: &Engine, allowed: &[String]) -> Linker<HostState> {
+    let mut linker = Linker::new(engine);
+    let module = names::MODULE;
+    for name in allowed {
+        let defined = match name.as_str() {
+            names::LOG => linker.func_wrap(module, names::LOG, host_log),
+            names::GET_MEMORY_USAGE => {
+                linker.func_wrap(module, names::GET_MEMORY_USAGE, host_get_memory_usage)
+            }
+            names::READ_CHANNELS => {
+                linker.func_wrap(module, names::READ_CHANNELS, host_read_channels)
+            }
+            names::WRITE_CHANNELS => {
+                linker.func_wrap(module, names::WRITE_CHANNELS, host_write_channels)
+            }
+            names::GET_CONFIG => linker.func_wrap(module, names::GET_CONFIG, host_get_config),
+            // The config loader rejects unknown names before we get here.
+            _ => continue,
+        };
+        if let Err(error) = defined {
+            log::error!("could not define host function `{name}`: {error}");
+        }
+    }
+    linker
+}
+
+fn host_log(
+    mut caller: Caller<'_, HostState>,
+    level: i32,
+    ptr: i32,
+    len: i32,
+) -> Result<(), wasmi::Error> {
+    let range = arena_or_memory_range(&caller, ptr, len)?;
+    charge(&mut caller, range.len())?;
+    let state = caller.data();
+    if state.log_lines_this_call >= MAX_LOG_LINES_PER_CALL {
+        caller.data_mut().log_lines_dropped += 1;
+        return Ok(());
+    }
+    let memory = memory(&caller)?;
+    let bytes = memory.data(&caller).get(range.clone()).unwrap_or_default();
+    let shown = &bytes[..bytes.len().min(MAX_LOG_LINE_BYTES)];
+    let text = String::from_utf8_lossy(shown);
+    let level = match level {
+        1 => log::Level::Error,
+        2 => log::Level::Warn,
+        3 => log::Level::Info,
+        _ => log::Level::Debug,
+    };
+    let name = &caller.data().plugin_name;
+    let cut = if bytes.len() > MAX_LOG_LINE_BYTES {
+        " [cut]"
+    } else {
+        ""
+    };
+    log::log!(target: "plugin", level, "[{name}] {text}{cut}");
+    caller.data_mut().log_lines_this_call += 1;
+    Ok(())
+}
+
+/// Log messages may come from anywhere in the guest's memory (string
+/// literals live in its data segment), but must lie inside that memory.
+fn arena_or_memory_range(
+    caller: &Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> Result<std::ops::Range<usize>, wasmi::Error> {
+    let memory_len = memory(caller)?.data(caller).len() as u64;
+    let (start, len) = (ptr as u32 as u64, len as u32 as u64);
+    if start + len > memory_len {
+        return Err(wasmi::Error::host(HostFault::OutsideArena {
+            ptr: start,
+            len,
+        }));
+    }
+    Ok(start as usize..(start + len) as usize)
+}
+
+fn host_get_memory_usage(mut caller: Caller<'_, HostState>) -> Result<i64, wasmi::Error> {
+    charge(&mut caller, 0)?;
+    let memory = memory(&caller)?;
+    Ok(memory.data(&caller).len() as i64)
+}
+
+fn host_read_channels(
+    mut caller: Caller<'_, HostState>,
+    ptr: i32,
+    cap: i32,
+) -> Result<i32, wasmi::Error> {
+    let range = arena_range(caller.data(), ptr, cap)?;
+    let state = caller.data();
+    let remaining = state.input.len() - state.input_cursor;
+    let count = remaining.min(range.len());
+    charge(&mut caller, count)?;
+    let memory = memory(&caller)?;
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    let from = state.input_cursor;
+    let target = data
+        .get_mut(range.start..range.start + count)
+        .ok_or(wasmi::Error::host(HostFault::OutsideArena {
+            ptr: range.start as u64,
+            len: count as u64,
+        }))?;
+    target.copy_from_slice(&state.input[from..from + count]);
+    state.input_cursor += count;
+    Ok(count as i32)
+}
+
+fn host_write_channels(
+    mut caller: Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> Result<i32, wasmi::Error> {
+    let range = arena_range(caller.data(), ptr, len)?;
+    charge(&mut caller, range.len())?;
+    let memory = memory(&caller)?;
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    if state.output.len() + range.len() > state.max_output_bytes {
+        return Ok(status::OUTPUT_LIMIT);
+    }
+    let bytes = data
+        .get(range.clone())
+        .ok_or(wasmi::Error::host(HostFault::OutsideArena {
+            ptr: range.start as u64,
+            len: range.len() as u64,
+        }))?;
+    state.output.extend_from_slice(bytes);
+    Ok(status::OK)
+}
+
+fn host_get_config(
+    mut caller: Caller<'_, HostState>,
+    key_ptr: i32,
+    key_len: i32,
+    out_ptr: i32,
+    out_cap: i32,
+) -> Result<i32, wasmi::Error> {
+    if key_len as u32 > MAX_CONFIG_KEY_LEN {
+        charge(&mut caller, 0)?;
+        return Ok(status::KEY_TOO_LONG);
+    }
+    let key_range = arena_or_memory_range(&caller, key_ptr, key_len)?;
+    let out_range = arena_range(caller.data(), out_ptr, out_cap)?;
+    let memory = memory(&caller)?;
+    let key = String::from_utf8_lossy(memory.data(&caller).get(key_range).unwrap_or_default())
+        .into_owned();
+    let Some(value) = caller.data().config.get(&key).cloned() else {
+        charge(&mut caller, key.len())?;
+        return Ok(status::NOT_FOUND);
+    };
+    charge(&mut caller, key.len() + value.len())?;
+    let copied = value.len().min(out_range.len());
+    let data = memory.data_mut(&mut caller);
+    if let Some(target) = data.get_mut(out_range.start..out_range.start + copied) {
+        target.copy_from_slice(&value.as_bytes()[..copied]);
+    }
+    Ok(i32::try_from(value.len()).unwrap_or(i32::MAX))
+}

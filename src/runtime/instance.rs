@@ -1,0 +1,386 @@
+//! One running plugin: its `Store`, its exports, and the call loop that
+//! meters fuel in slices and enforces the wall-clock deadline.
+
+use std::time::{Duration, Instant};
+
+use m3u_proxy_plugin_abi::{exports, status, MemoryPressureLevel, PluginInfo, Stage};
+use wasmi::{Store, TypedFunc, TypedResumableCall};
+
+use super::host::{HostFault, HostState};
+use super::{CompiledPlugin, PluginRuntime, PluginSettings, RuntimeLimits};
+use crate::{Error, ErrorKind, Result};
+
+/// Counters of one plugin instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Export calls made (including init/info/cleanup).
+    pub calls: u64,
+    /// Fuel consumed by all calls.
+    pub fuel_consumed: u64,
+    /// Fuel consumed by the last call.
+    pub last_call_fuel: u64,
+    /// Time spent inside the guest.
+    pub time: Duration,
+    /// Bytes sent to the guest.
+    pub bytes_in: u64,
+    /// Bytes received from the guest.
+    pub bytes_out: u64,
+    /// Log lines dropped by the rate limit.
+    pub log_lines_dropped: u64,
+}
+
+struct Exports {
+    plugin_info: TypedFunc<(), i32>,
+    init: TypedFunc<(), i32>,
+    execute_stage: TypedFunc<(i32, i32), i32>,
+    check_memory_pressure: TypedFunc<i32, i32>,
+    cleanup: TypedFunc<(), i32>,
+}
+
+/// A plugin instantiated in its own store. Not shared between threads; the
+/// pipeline owns it and calls it one batch at a time.
+pub struct PluginInstance {
+    store: Store<HostState>,
+    exports: Exports,
+    memory: wasmi::Memory,
+    limits: RuntimeLimits,
+    info: PluginInfo<'static>,
+    arena: (u32, u32),
+    stats: CallStats,
+}
+
+impl std::fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInstance")
+            .field("info", &self.info)
+            .field("arena", &self.arena)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginInstance {
+    pub(super) fn new(
+        runtime: &PluginRuntime,
+        compiled: &CompiledPlugin,
+        name_hint: &str,
+        settings: &PluginSettings,
+    ) -> Result<Self> {
+        let limits = runtime.limits().clone();
+        let state = HostState::new(
+            name_hint.to_string(),
+            usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
+            limits.max_output_bytes,
+        );
+        let mut store = Store::new(runtime.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        // The start function (if any) runs under the same budget as a call.
+        store
+            .set_fuel(limits.fuel_per_call)
+            .map_err(|e| ErrorKind::InvalidModule(e.to_string()))?;
+        let instance = runtime
+            .linker()
+            .instantiate_and_start(&mut store, &compiled.module)
+            .map_err(|error| classify(&store, &limits, &error))?;
+        let typed = |name: &'static str| -> Result<TypedFunc<(), i32>> {
+            instance
+                .get_typed_func(&store, name)
+                .map_err(|e| missing(name, e))
+        };
+        let memory = instance
+            .get_memory(&store, exports::MEMORY)
+            .ok_or_else(|| missing(exports::MEMORY, "not a memory"))?;
+        let arena_ptr = typed(exports::ARENA_PTR)?;
+        let arena_capacity = typed(exports::ARENA_CAPACITY)?;
+        let exports = Exports {
+            plugin_info: typed(exports::PLUGIN_INFO)?,
+            init: typed(exports::INIT)?,
+            execute_stage: instance
+                .get_typed_func(&store, exports::EXECUTE_STAGE)
+                .map_err(|e| missing(exports::EXECUTE_STAGE, e))?,
+            check_memory_pressure: instance
+                .get_typed_func(&store, exports::CHECK_MEMORY_PRESSURE)
+                .map_err(|e| missing(exports::CHECK_MEMORY_PRESSURE, e))?,
+            cleanup: typed(exports::CLEANUP)?,
+        };
+        let mut plugin = PluginInstance {
+            store,
+            exports,
+            memory,
+            limits,
+            info: PluginInfo::default(),
+            arena: (0, 0),
+            stats: CallStats::default(),
+        };
+        let ptr = plugin.call(&arena_ptr, ())?;
+        let capacity = plugin.call(&arena_capacity, ())?;
+        plugin.set_arena(ptr, capacity)?;
+        plugin.info = plugin.read_info(name_hint)?;
+        let name = plugin.info.name.to_string();
+        plugin.store.data_mut().config = settings.get(&name).cloned().unwrap_or_default();
+        plugin.store.data_mut().plugin_name = name;
+        let init = plugin.exports.init;
+        let code = plugin.call(&init, ())?;
+        check_status(exports::INIT, code)?;
+        Ok(plugin)
+    }
+
+    fn set_arena(&mut self, ptr: i32, capacity: i32) -> Result<()> {
+        let memory_len = self.memory.data(&self.store).len() as u64;
+        let (start, len) = (ptr as u32, capacity as u32);
+        if ptr < 0 || capacity <= 0 || u64::from(start) + u64::from(len) > memory_len {
+            return Err(ErrorKind::MalformedOutput(format!(
+                "arena {ptr}+{capacity} does not fit the plugin's {memory_len} bytes of memory"
+            ))
+            .into());
+        }
+        self.arena = (start, len);
+        self.store.data_mut().arena = Some(self.arena);
+        Ok(())
+    }
+
+    fn read_info(&mut self, name_hint: &str) -> Result<PluginInfo<'static>> {
+        let plugin_info = self.exports.plugin_info;
+        let len = self.call(&plugin_info, ())?;
+        if len < 0 {
+            return Err(ErrorKind::PluginStatus {
+                function: exports::PLUGIN_INFO,
+                status: len,
+            }
+            .into());
+        }
+        let bytes = self.arena_bytes(len as u32)?;
+        let info: PluginInfo<'_> = postcard::from_bytes(bytes).map_err(|error| {
+            Error::malformed(format!(
+                "plugin info of `{name_hint}` does not decode: {error}"
+            ))
+        })?;
+        if info.name.is_empty() {
+            return Err(Error::malformed("plugin info has an empty name"));
+        }
+        Ok(PluginInfo {
+            name: info.name.into_owned().into(),
+            version: info.version.into_owned().into(),
+            description: info.description.into_owned().into(),
+            author: info.author.into_owned().into(),
+            stages: info.stages,
+            reads: info.reads,
+            memory: info.memory,
+        })
+    }
+
+    /// The first `len` bytes of the arena, checked.
+    fn arena_bytes(&self, len: u32) -> Result<&[u8]> {
+        let (start, capacity) = self.arena;
+        if len > capacity {
+            return Err(ErrorKind::ArenaOverflow {
+                ptr: u64::from(start),
+                len: u64::from(len),
+                arena_start: u64::from(start),
+                arena_len: u64::from(capacity),
+            }
+            .into());
+        }
+        let range = start as usize..(start + len) as usize;
+        Ok(&self.memory.data(&self.store)[range])
+    }
+
+    /// What the plugin says about itself.
+    pub fn info(&self) -> &PluginInfo<'static> {
+        &self.info
+    }
+
+    /// The plugin's arena capacity in bytes: the most input one call takes.
+    pub fn arena_capacity(&self) -> u32 {
+        self.arena.1
+    }
+
+    /// Sets the wall-clock limit of later calls (e.g. when run as a fallback).
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.limits.timeout = timeout;
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
+    /// Runs `execute_stage` on `input` (an encoded `StageInput`) and returns
+    /// the bytes the plugin pushed with `write_channels`.
+    ///
+    /// # Errors
+    /// Any plugin failure: out of fuel, timeout, memory limit, trap, arena
+    /// violation, error status, or an input larger than the arena.
+    pub fn execute_stage(&mut self, stage: Stage, input: &[u8]) -> Result<&[u8]> {
+        if input.len() > self.arena.1 as usize {
+            return Err(ErrorKind::ArenaOverflow {
+                ptr: u64::from(self.arena.0),
+                len: input.len() as u64,
+                arena_start: u64::from(self.arena.0),
+                arena_len: u64::from(self.arena.1),
+            }
+            .into());
+        }
+        {
+            let state = self.store.data_mut();
+            state.input.clear();
+            state.input.extend_from_slice(input);
+        }
+        let execute = self.exports.execute_stage;
+        let code = self.call(&execute, (stage.as_u32() as i32, input.len() as i32))?;
+        check_status(exports::EXECUTE_STAGE, code)?;
+        self.stats.bytes_in += input.len() as u64;
+        self.stats.bytes_out += self.store.data().output.len() as u64;
+        Ok(&self.store.data().output)
+    }
+
+    /// Asks the plugin whether it runs at this memory pressure.
+    ///
+    /// # Errors
+    /// Any plugin failure.
+    pub fn accepts_pressure(&mut self, level: MemoryPressureLevel) -> Result<bool> {
+        if level > self.info.memory.max_pressure {
+            return Ok(false);
+        }
+        let check = self.exports.check_memory_pressure;
+        Ok(self.call(&check, level.as_u32() as i32)? == 1)
+    }
+
+    /// Runs the plugin's `cleanup`.
+    ///
+    /// # Errors
+    /// Any plugin failure.
+    pub fn cleanup(&mut self) -> Result<()> {
+        let cleanup = self.exports.cleanup;
+        let code = self.call(&cleanup, ())?;
+        check_status(exports::CLEANUP, code)
+    }
+
+    /// Calls an export under the fuel budget, in slices, checking the
+    /// wall-clock deadline between slices.
+    fn call<P, R>(&mut self, func: &TypedFunc<P, R>, params: P) -> Result<R>
+    where
+        P: wasmi::WasmParams,
+        R: wasmi::WasmResults,
+    {
+        let budget = self.limits.fuel_per_call;
+        let slice = self.limits.fuel_slice.clamp(1, budget.max(1));
+        let started = Instant::now();
+        let deadline = started + self.limits.timeout;
+        self.store.data_mut().begin_call();
+        self.store.data_mut().fuel_reserve = budget - slice;
+        self.store.set_fuel(slice).map_err(fuel_error)?;
+        self.stats.calls += 1;
+        let mut outcome = func.call_resumable(&mut self.store, params);
+        let result = loop {
+            match outcome {
+                Ok(TypedResumableCall::Finished(results)) => break Ok(results),
+                Ok(TypedResumableCall::OutOfFuel(invocation)) => {
+                    let reserve = self.store.data().fuel_reserve;
+                    if reserve == 0 {
+                        break Err(ErrorKind::OutOfFuel { budget }.into());
+                    }
+                    if Instant::now() >= deadline {
+                        break Err(ErrorKind::Timeout {
+                            limit_ms: self.limits.timeout.as_millis() as u64,
+                        }
+                        .into());
+                    }
+                    let next = reserve.min(slice);
+                    self.store.data_mut().fuel_reserve = reserve - next;
+                    if let Err(error) = self.store.set_fuel(next) {
+                        break Err(fuel_error(error));
+                    }
+                    outcome = invocation.resume(&mut self.store);
+                }
+                Ok(TypedResumableCall::HostTrap(invocation)) => {
+                    break Err(classify(&self.store, &self.limits, invocation.host_error()))
+                }
+                Err(error) => break Err(classify(&self.store, &self.limits, &error)),
+            }
+        };
+        let left = self.store.get_fuel().unwrap_or(0) + self.store.data().fuel_reserve;
+        let used = budget.saturating_sub(left);
+        self.stats.last_call_fuel = used;
+        self.stats.fuel_consumed += used;
+        self.stats.time += started.elapsed();
+        self.stats.log_lines_dropped = self.store.data().log_lines_dropped;
+        result
+    }
+}
+
+fn missing(name: &str, error: impl std::fmt::Display) -> Error {
+    ErrorKind::MissingExport {
+        name: name.to_string(),
+        detail: error.to_string(),
+    }
+    .into()
+}
+
+fn fuel_error(error: wasmi::Error) -> Error {
+    ErrorKind::InvalidModule(format!("fuel metering unavailable: {error}")).into()
+}
+
+fn check_status(function: &'static str, code: i32) -> Result<()> {
+    if code == status::OK {
+        Ok(())
+    } else {
+        Err(ErrorKind::PluginStatus {
+            function,
+            status: code,
+        }
+        .into())
+    }
+}
+
+/// Turns a wasmi error into the host's error kind.
+fn classify(store: &Store<HostState>, limits: &RuntimeLimits, error: &wasmi::Error) -> Error {
+    if store.data().limiter.denied {
+        return ErrorKind::MemoryLimit {
+            limit: limits.max_memory_bytes,
+        }
+        .into();
+    }
+    if let Some(fault) = error.downcast_ref::<HostFault>() {
+        return match fault {
+            HostFault::OutOfFuel => ErrorKind::OutOfFuel {
+                budget: limits.fuel_per_call,
+            }
+            .into(),
+            HostFault::OutsideArena { ptr, len } => {
+                let (arena_start, arena_len) = store.data().arena.unwrap_or((0, 0));
+                ErrorKind::ArenaOverflow {
+                    ptr: *ptr,
+                    len: *len,
+                    arena_start: u64::from(arena_start),
+                    arena_len: u64::from(arena_len),
+                }
+                .into()
+            }
+            HostFault::NoMemory => missing(exports::MEMORY, fault),
+        };
+    }
+    if let Some(code) = error.as_trap_code() {
+        if code == wasmi::TrapCode::OutOfFuel {
+            return ErrorKind::OutOfFuel {
+                budget: limits.fuel_per_call,
+            }
+            .into();
+        }
+        return ErrorKind::Trap {
+            code: Some(code),
+            message: error.to_string(),
+        }
+        .into();
+    }
+    match error.kind() {
+        wasmi::errors::ErrorKind::Linker(_) | wasmi::errors::ErrorKind::Instantiation(_) => {
+            ErrorKind::InvalidModule(error.to_string()).into()
+        }
+        _ => ErrorKind::Trap {
+            code: None,
+            message: error.to_string(),
+        }
+        .into(),
+    }
+}

@@ -1,0 +1,342 @@
+//! The plugin runtime on wasmi: one shared [`PluginRuntime`] (engine, limits,
+//! allowlist) compiles modules into [`CompiledPlugin`]s and instantiates them
+//! into [`PluginInstance`]s, each with its own `Store`.
+//!
+//! Where each limit is set:
+//! - fuel: [`RuntimeLimits::fuel_per_call`], handed out in slices of
+//!   [`RuntimeLimits::fuel_slice`] by `PluginInstance::call`, which checks the
+//!   wall-clock deadline between slices;
+//! - memory: [`RuntimeLimits::max_memory_bytes`], enforced by the store's
+//!   limiter (`host::MemoryLimiter`);
+//! - recursion: [`RuntimeLimits::max_recursion_depth`], in the engine config;
+//! - host functions: [`PluginRuntime::new`]'s allowlist, checked against the
+//!   module's imports at compile time and the only thing the linker defines.
+
+mod host;
+mod instance;
+
+use std::time::Duration;
+
+use m3u_proxy_plugin_abi::{exports, host_functions, ABI_VERSION, ABI_VERSION_SECTION};
+use wasmi::{CompilationMode, Config, Engine, ExternType, Linker, Module};
+
+use crate::{Error, ErrorKind, Result};
+
+pub use host::{HOST_BYTES_PER_FUEL, HOST_CALL_BASE_FUEL, MAX_LOG_LINES_PER_CALL};
+pub use instance::{CallStats, PluginInstance};
+
+/// Configuration values per plugin name (`[plugins.<name>]`), as text; a
+/// plugin reads its own with `get_config`.
+pub type PluginSettings =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+
+/// Resource limits applied to every plugin call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeLimits {
+    /// Fuel (≈ Wasm instructions) one export call may use.
+    pub fuel_per_call: u64,
+    /// Fuel handed to the store at a time; the deadline is checked between.
+    pub fuel_slice: u64,
+    /// Wall-clock limit of one export call.
+    pub timeout: Duration,
+    /// Most linear memory a plugin may have, in bytes.
+    pub max_memory_bytes: u64,
+    /// Deepest Wasm call stack, in frames.
+    pub max_recursion_depth: usize,
+    /// Largest module file accepted, in bytes.
+    pub max_module_bytes: usize,
+    /// Most output bytes one stage call may push.
+    pub max_output_bytes: usize,
+}
+
+impl Default for RuntimeLimits {
+    fn default() -> Self {
+        RuntimeLimits {
+            fuel_per_call: 2_000_000_000,
+            fuel_slice: 20_000_000,
+            timeout: Duration::from_secs(30),
+            max_memory_bytes: 64 << 20,
+            max_recursion_depth: 1000,
+            max_module_bytes: 16 << 20,
+            max_output_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One engine, its limits and the host-function allowlist; cheap to clone,
+/// `Send + Sync`, shared by every plugin of a pipeline.
+#[derive(Clone)]
+pub struct PluginRuntime {
+    engine: Engine,
+    limits: RuntimeLimits,
+    allowed: Vec<String>,
+    linker: std::sync::Arc<Linker<host::HostState>>,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime")
+            .field("limits", &self.limits)
+            .field("allowed", &self.allowed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated module: ABI version, imports and exports checked, compiled.
+#[derive(Clone, Debug)]
+pub struct CompiledPlugin {
+    module: Module,
+    size_bytes: usize,
+}
+
+impl CompiledPlugin {
+    /// Size of the module file in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.size_bytes
+    }
+
+    /// `module.name` of every import.
+    pub fn imports(&self) -> Vec<String> {
+        self.module
+            .imports()
+            .map(|import| format!("{}.{}", import.module(), import.name()))
+            .collect()
+    }
+
+    /// Names of every export.
+    pub fn exports(&self) -> Vec<String> {
+        self.module
+            .exports()
+            .map(|export| export.name().to_string())
+            .collect()
+    }
+}
+
+/// Exported functions every plugin must have, with `(params, results)` counts
+/// of `i32`s.
+const REQUIRED_FUNCTIONS: [(&str, usize, usize); 7] = [
+    (exports::ARENA_PTR, 0, 1),
+    (exports::ARENA_CAPACITY, 0, 1),
+    (exports::PLUGIN_INFO, 0, 1),
+    (exports::INIT, 0, 1),
+    (exports::EXECUTE_STAGE, 2, 1),
+    (exports::CHECK_MEMORY_PRESSURE, 1, 1),
+    (exports::CLEANUP, 0, 1),
+];
+
+impl PluginRuntime {
+    /// A runtime with these limits whose linker offers only `allowed_host_functions`.
+    ///
+    /// # Errors
+    /// A name in the allowlist that is not a host function this host has.
+    pub fn new(limits: RuntimeLimits, allowed_host_functions: &[String]) -> Result<Self> {
+        for name in allowed_host_functions {
+            if !host_functions::ALL.contains(&name.as_str()) {
+                return Err(Error::config_key(
+                    "proxy_generation.wasm_plugins.security.allowed_host_functions",
+                    format!(
+                        "unknown host function `{name}`; known: {}",
+                        host_functions::ALL.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut config = Config::default();
+        config
+            .consume_fuel(true)
+            .set_max_recursion_depth(limits.max_recursion_depth)
+            // Eager translation: fuel slicing must be able to pause and resume
+            // any call, which lazy translation does not promise (wasmi #1859).
+            .compilation_mode(CompilationMode::Eager);
+        let engine = Engine::new(&config);
+        let linker = std::sync::Arc::new(host::linker(&engine, allowed_host_functions));
+        Ok(PluginRuntime {
+            engine,
+            limits,
+            allowed: allowed_host_functions.to_vec(),
+            linker,
+        })
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> &RuntimeLimits {
+        &self.limits
+    }
+
+    /// The host functions plugins may import.
+    pub fn allowed_host_functions(&self) -> &[String] {
+        &self.allowed
+    }
+
+    /// Validates and compiles a module without running any of its code:
+    /// size, Wasm validity, ABI version section, imports against the
+    /// allowlist, required exports.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidModule`], [`ErrorKind::AbiVersionMismatch`],
+    /// [`ErrorKind::DisallowedImport`] or [`ErrorKind::MissingExport`].
+    pub fn compile(&self, wasm: &[u8]) -> Result<CompiledPlugin> {
+        if wasm.len() > self.limits.max_module_bytes {
+            return Err(ErrorKind::InvalidModule(format!(
+                "module is {} bytes, more than the limit of {} bytes",
+                wasm.len(),
+                self.limits.max_module_bytes
+            ))
+            .into());
+        }
+        if !wasm.starts_with(b"\0asm") {
+            return Err(ErrorKind::InvalidModule(
+                "not a WebAssembly module (missing `\\0asm` magic); build plugins for \
+                 wasm32-unknown-unknown"
+                    .into(),
+            )
+            .into());
+        }
+        let module = Module::new(&self.engine, wasm)
+            .map_err(|error| ErrorKind::InvalidModule(error.to_string()))?;
+        check_abi_version(&module)?;
+        self.check_imports(&module)?;
+        check_exports(&module)?;
+        Ok(CompiledPlugin {
+            module,
+            size_bytes: wasm.len(),
+        })
+    }
+
+    fn check_imports(&self, module: &Module) -> Result<()> {
+        for import in module.imports() {
+            let (module_name, name) = (import.module(), import.name());
+            let refuse = |reason: String| -> Error {
+                ErrorKind::DisallowedImport {
+                    module: module_name.to_string(),
+                    name: name.to_string(),
+                    reason,
+                }
+                .into()
+            };
+            if module_name != host_functions::MODULE {
+                return Err(refuse(format!(
+                    "plugins get no WASI and no other modules; only `{}` functions from \
+                     `allowed_host_functions` ({}) can be imported",
+                    host_functions::MODULE,
+                    self.allowed.join(", ")
+                )));
+            }
+            let Some((params, results)) = host::signature(name) else {
+                return Err(refuse(format!(
+                    "no such host function; known: {}",
+                    host_functions::ALL.join(", ")
+                )));
+            };
+            if !self.allowed.iter().any(|allowed| allowed == name) {
+                return Err(refuse(format!(
+                    "`{name}` is not in allowed_host_functions ({}); add it there if you \
+                     trust this plugin with it",
+                    self.allowed.join(", ")
+                )));
+            }
+            match import.ty() {
+                ExternType::Func(ty) if ty.params() == params && ty.results() == results => {}
+                other => {
+                    return Err(refuse(format!(
+                        "wrong type {other:?}, expected a function {params:?} -> {results:?}"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Instantiates a compiled plugin, reads its arena and info, and runs
+    /// its `init`, all under the fuel and memory limits.
+    ///
+    /// # Errors
+    /// Any failure of the guest code (see [`PluginInstance::call`]), a bad
+    /// arena declaration or unreadable info.
+    pub fn instantiate(
+        &self,
+        compiled: &CompiledPlugin,
+        name_hint: &str,
+        settings: &PluginSettings,
+    ) -> Result<PluginInstance> {
+        PluginInstance::new(self, compiled, name_hint, settings)
+    }
+
+    /// [`PluginRuntime::compile`] then [`PluginRuntime::instantiate`].
+    ///
+    /// # Errors
+    /// See both.
+    pub fn load(
+        &self,
+        wasm: &[u8],
+        name_hint: &str,
+        settings: &PluginSettings,
+    ) -> Result<PluginInstance> {
+        let compiled = self.compile(wasm)?;
+        self.instantiate(&compiled, name_hint, settings)
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<host::HostState> {
+        &self.linker
+    }
+}
+
+fn check_abi_version(module: &Module) -> Result<()> {
+    let section = module
+        .custom_sections()
+        .find(|section| section.name() == ABI_VERSION_SECTION);
+    let found = match section.map(|s| s.data()) {
+        Some(&[a, b, c, d]) => Some(u32::from_le_bytes([a, b, c, d])),
+        Some(_) | None => None,
+    };
+    if found != Some(ABI_VERSION) {
+        return Err(ErrorKind::AbiVersionMismatch {
+            found,
+            expected: ABI_VERSION,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn check_exports(module: &Module) -> Result<()> {
+    match module.get_export(exports::MEMORY) {
+        Some(ExternType::Memory(_)) => {}
+        _ => {
+            return Err(ErrorKind::MissingExport {
+                name: exports::MEMORY.into(),
+                detail: "a plugin must export its linear memory as `memory`".into(),
+            }
+            .into())
+        }
+    }
+    for (name, params, results) in REQUIRED_FUNCTIONS {
+        let ok = match module.get_export(name) {
+            Some(ExternType::Func(ty)) => {
+                ty.params().len() == params
+                    && ty.results().len() == results
+                    && ty
+                        .params()
+                        .iter()
+                        .chain(ty.results())
+                        .all(|t| *t == wasmi::ValType::I32)
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(ErrorKind::MissingExport {
+                name: name.into(),
+                detail: format!(
+                    "expected a function taking {params} i32 and returning {results} i32 \
+                     (see docs/ABI.md)"
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}

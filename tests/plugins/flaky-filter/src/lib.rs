@@ -1,0 +1,35 @@
+//! Test plugin: a filter that keeps channels whose name does not contain
+//! `[Geo-blocked]`, but traps (unreachable) on any batch holding a channel
+//! whose name contains the configured `trap_on` text. Used to prove that a
+//! failing plugin's batch is re-run by the next strategy with nothing lost.
+use m3u_proxy_plugin_sdk::prelude::*;
+
+#[derive(Default)]
+struct FlakyFilter {
+    trap_on: String,
+}
+
+impl Plugin for FlakyFilter {
+    const DESCRIPTION: &'static str = "Traps on batches containing `trap_on` (tests only)";
+    const READS: FieldSet = FieldSet::of(&[Field::ChannelName]);
+
+    fn init(&mut self) -> Result<(), PluginError> {
+        self.trap_on = config::get_or("trap_on", "(240p)");
+        Ok(())
+    }
+
+    fn as_filter(&mut self) -> Option<&mut dyn Filter> {
+        Some(self)
+    }
+}
+
+impl Filter for FlakyFilter {
+    fn keep(&mut self, _ctx: &StageContext<'_>, channel: &Channel<'_>) -> bool {
+        if channel.channel_name.contains(self.trap_on.as_str()) {
+            core::arch::wasm32::unreachable()
+        }
+        !channel.channel_name.contains("[Geo-blocked]")
+    }
+}
+
+export_plugin!(FlakyFilter, "flaky_filter");
