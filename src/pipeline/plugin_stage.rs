@@ -33,7 +33,8 @@ pub struct PluginSlot {
 impl PluginSlot {
     /// Wraps an instance.
     pub fn new(instance: PluginInstance, path: std::path::PathBuf) -> Self {
-        let capacity = instance.arena_capacity() as usize;
+        // Input gets half the arena, so the plugin's answer has room beside it.
+        let capacity = instance.arena_capacity() as usize / 2;
         PluginSlot {
             instance,
             path,

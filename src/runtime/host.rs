@@ -247,7 +247,7 @@ fn host_log(
     ptr: i32,
     len: i32,
 ) -> Result<(), wasmi::Error> {
-    let range = arena_or_memory_range(&caller, ptr, len)?;
+    let range = arena_range(caller.data(), ptr, len)?;
     charge(&mut caller, range.len())?;
     let state = caller.data();
     if state.log_lines_this_call >= MAX_LOG_LINES_PER_CALL {
@@ -273,24 +273,6 @@ fn host_log(
     log::log!(target: "plugin", level, "[{name}] {text}{cut}");
     caller.data_mut().log_lines_this_call += 1;
     Ok(())
-}
-
-/// Log messages may come from anywhere in the guest's memory (string
-/// literals live in its data segment), but must lie inside that memory.
-fn arena_or_memory_range(
-    caller: &Caller<'_, HostState>,
-    ptr: i32,
-    len: i32,
-) -> Result<std::ops::Range<usize>, wasmi::Error> {
-    let memory_len = memory(caller)?.data(caller).len() as u64;
-    let (start, len) = (ptr as u32 as u64, len as u32 as u64);
-    if start + len > memory_len {
-        return Err(wasmi::Error::host(HostFault::OutsideArena {
-            ptr: start,
-            len,
-        }));
-    }
-    Ok(start as usize..(start + len) as usize)
 }
 
 fn host_get_memory_usage(mut caller: Caller<'_, HostState>) -> Result<i64, wasmi::Error> {
@@ -356,7 +338,7 @@ fn host_get_config(
         charge(&mut caller, 0)?;
         return Ok(status::KEY_TOO_LONG);
     }
-    let key_range = arena_or_memory_range(&caller, key_ptr, key_len)?;
+    let key_range = arena_range(caller.data(), key_ptr, key_len)?;
     let out_range = arena_range(caller.data(), out_ptr, out_cap)?;
     let memory = memory(&caller)?;
     let key = String::from_utf8_lossy(memory.data(&caller).get(key_range).unwrap_or_default())

@@ -5,8 +5,13 @@
 
 use core::cell::UnsafeCell;
 
-/// Size of the arena every SDK plugin reserves, in bytes.
+/// Size of the arena every SDK plugin reserves (and declares to the host).
 pub const ARENA_BYTES: usize = 1 << 20;
+/// The arena's tail, kept for log lines and config look-ups so they can run
+/// while a stage call holds the data region.
+pub const SCRATCH_BYTES: usize = 8 << 10;
+/// The arena's head: stage input and output.
+pub const DATA_BYTES: usize = ARENA_BYTES - SCRATCH_BYTES;
 
 #[repr(C, align(16))]
 struct Arena(UnsafeCell<[u8; ARENA_BYTES]>);
@@ -16,20 +21,44 @@ struct Arena(UnsafeCell<[u8; ARENA_BYTES]>);
 unsafe impl Sync for Arena {}
 
 static ARENA: Arena = Arena(UnsafeCell::new([0; ARENA_BYTES]));
+static DATA_IN_USE: GuestCell<bool> = GuestCell::new(false);
+static SCRATCH_IN_USE: GuestCell<bool> = GuestCell::new(false);
 
 /// Address of the arena in linear memory.
 pub(crate) fn arena_ptr() -> usize {
     ARENA.0.get() as usize
 }
 
-/// Runs `f` with exclusive access to the arena.
-///
-/// Only the dispatcher calls this, once per export call and never nested.
-pub(crate) fn with_arena<R>(f: impl FnOnce(&mut [u8; ARENA_BYTES]) -> R) -> R {
-    // SAFETY: see the module docs: one call at a time, and the dispatcher
-    // never nests `with_arena`, so this is the only live reference.
-    let arena = unsafe { &mut *ARENA.0.get() };
-    f(arena)
+/// Runs `f` with exclusive access to the data region, or returns `None` if
+/// it is already lent out (a nested call).
+pub(crate) fn with_data<R>(f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+    with_region(&DATA_IN_USE, 0, DATA_BYTES, f)
+}
+
+/// Runs `f` with exclusive access to the scratch region, or `None` if it is
+/// already lent out.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+    with_region(&SCRATCH_IN_USE, DATA_BYTES, SCRATCH_BYTES, f)
+}
+
+fn with_region<R>(
+    in_use: &GuestCell<bool>,
+    offset: usize,
+    len: usize,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> Option<R> {
+    if in_use.with(|flag| core::mem::replace(flag, true)) {
+        return None;
+    }
+    let base = ARENA.0.get().cast::<u8>();
+    // SAFETY: `offset + len <= ARENA_BYTES`, so the range lies inside the
+    // static. The data and scratch regions do not overlap, and the in-use
+    // flag (set above, cleared below) guarantees this is the only live
+    // reference to this region; the guest is single-threaded.
+    let region = unsafe { core::slice::from_raw_parts_mut(base.add(offset), len) };
+    let result = f(region);
+    in_use.with(|flag| *flag = false);
+    Some(result)
 }
 
 /// A value owned by the one plugin instance (same invariant as the arena).

@@ -10,7 +10,7 @@ use m3u_proxy_plugin_abi::{
     StageInput, StageOutput,
 };
 
-use crate::arena::{arena_ptr, with_arena, GuestCell, ARENA_BYTES};
+use crate::arena::{arena_ptr, with_data, GuestCell, ARENA_BYTES, DATA_BYTES};
 use crate::{hostcalls, KeepMask, Patches, Plugin, PluginError};
 
 /// The plugin, type-erased so the SDK can own the single instance.
@@ -135,10 +135,11 @@ pub fn plugin_info<P: Plugin>(name: &str) -> i32 {
             max_pressure: P::MAX_PRESSURE,
         },
     };
-    with_arena(|arena| match postcard::to_slice(&info, &mut arena[..]) {
+    with_data(|arena| match postcard::to_slice(&info, arena) {
         Ok(bytes) => bytes.len() as i32,
         Err(_) => status::PLUGIN_ERROR,
     })
+    .unwrap_or(status::PLUGIN_ERROR)
 }
 
 /// `m3u_init`.
@@ -177,11 +178,11 @@ pub fn execute_stage<P: Plugin>(stage: i32, input_len: i32) -> i32 {
     let Ok(input_len) = usize::try_from(input_len) else {
         return status::DECODE_ERROR;
     };
-    if input_len > ARENA_BYTES {
+    if input_len > DATA_BYTES {
         return status::INPUT_TOO_LARGE;
     }
     with_instance::<P>(|plugin| {
-        with_arena(|arena| {
+        with_data(|arena| {
             let mut filled = 0;
             while filled < input_len {
                 let read = hostcalls::read_channels(&mut arena[filled..input_len]);
@@ -209,7 +210,7 @@ pub fn execute_stage<P: Plugin>(stage: i32, input_len: i32) -> i32 {
                 return status::PLUGIN_ERROR;
             };
             drop(output);
-            for chunk in encoded.chunks(ARENA_BYTES) {
+            for chunk in encoded.chunks(arena.len()) {
                 let staged = &mut arena[..chunk.len()];
                 staged.copy_from_slice(chunk);
                 let status = push(staged);
@@ -219,6 +220,7 @@ pub fn execute_stage<P: Plugin>(stage: i32, input_len: i32) -> i32 {
             }
             status::OK
         })
+        .unwrap_or(status::PLUGIN_ERROR)
     })
 }
 

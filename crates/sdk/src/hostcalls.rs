@@ -12,12 +12,16 @@ extern "C" {
     fn host_log(level: i32, ptr: *const u8, len: i32);
 }
 
-/// Sends one log line to the host (which bounds size and rate).
+/// Sends one log line to the host (which bounds size and rate). The line is
+/// staged in the arena's scratch region, cut to fit it.
 pub fn log(level: LogLevel, message: &str) {
-    let len = message.len().min(i32::MAX as usize) as i32;
-    // SAFETY: `message` is a live &str; the host only reads `len` bytes from
-    // `ptr` and bounds-checks the range against this module's memory.
-    unsafe { host_log(level as i32, message.as_ptr(), len) }
+    crate::arena::with_scratch(|scratch| {
+        let len = message.len().min(scratch.len());
+        scratch[..len].copy_from_slice(&message.as_bytes()[..len]);
+        // SAFETY: `scratch` is an exclusive slice of the arena; the host only
+        // reads `len` bytes from it and bounds-checks them against the arena.
+        unsafe { host_log(level as i32, scratch.as_ptr(), len as i32) }
+    });
 }
 
 #[link(wasm_import_module = "host")]
@@ -67,12 +71,32 @@ extern "C" {
     fn host_get_config(key_ptr: *const u8, key_len: i32, out_ptr: *mut u8, out_cap: i32) -> i32;
 }
 
-/// Reads the configuration value for `key` into `out`; returns the value's
-/// full length (which may exceed `out.len()`) or a negative status.
-pub(crate) fn get_config(key: &str, out: &mut [u8]) -> i32 {
-    let key_len = key.len().min(i32::MAX as usize) as i32;
-    let cap = out.len().min(i32::MAX as usize) as i32;
-    // SAFETY: `key` is a live &str and `out` an exclusive slice; the host
-    // reads `key_len` bytes and writes at most `cap` bytes.
-    unsafe { host_get_config(key.as_ptr(), key_len, out.as_mut_ptr(), cap) }
+/// The configuration value for `key`, staged through the arena's scratch
+/// region. `None` if the host has none, the key or value is larger than the
+/// scratch region, or the scratch region is busy.
+pub(crate) fn get_config(key: &str) -> Option<alloc::string::String> {
+    crate::arena::with_scratch(|scratch| {
+        let key_len = key.len();
+        if key_len >= scratch.len() {
+            return None;
+        }
+        let (key_buf, out) = scratch.split_at_mut(key_len);
+        key_buf.copy_from_slice(key.as_bytes());
+        // SAFETY: both pointers are exclusive, disjoint slices of the arena;
+        // the host reads `key_len` bytes and writes at most `out.len()` bytes.
+        let len = unsafe {
+            host_get_config(
+                key_buf.as_ptr(),
+                key_len as i32,
+                out.as_mut_ptr(),
+                out.len() as i32,
+            )
+        };
+        let len = usize::try_from(len).ok()?;
+        let value = out.get(..len)?;
+        core::str::from_utf8(value)
+            .ok()
+            .map(alloc::string::String::from)
+    })
+    .flatten()
 }

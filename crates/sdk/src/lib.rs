@@ -55,7 +55,7 @@ pub use m3u_proxy_plugin_abi::{
     Channel, Field, FieldSet, MemoryPressureLevel, Patch, PatchOp, Stage, StageContext,
 };
 
-pub use arena::ARENA_BYTES;
+pub use arena::{ARENA_BYTES, DATA_BYTES, SCRATCH_BYTES};
 pub use hostcalls::{log, memory_usage};
 
 /// Everything a plugin author needs, in one import.
@@ -315,23 +315,14 @@ impl<'a> Patches<'a> {
 }
 
 /// Plugin configuration from the host's TOML (`[plugins.<name>]`).
-/// Needs `get_config` in `allowed_host_functions`.
+/// Needs `get_config` in `allowed_host_functions`. Values travel through the
+/// arena's scratch region, so each is limited to about 8 KiB.
 pub mod config {
     use alloc::string::String;
-    use alloc::vec;
 
     /// The value for `key`, or `None` if the host has none.
     pub fn get(key: &str) -> Option<String> {
-        let mut buf = vec![0u8; 256];
-        loop {
-            let len = crate::hostcalls::get_config(key, &mut buf);
-            let len = usize::try_from(len).ok()?;
-            if len <= buf.len() {
-                buf.truncate(len);
-                return String::from_utf8(buf).ok();
-            }
-            buf.resize(len, 0);
-        }
+        crate::hostcalls::get_config(key)
     }
 
     /// The value for `key`, or `default`.

@@ -1,0 +1,230 @@
+//! Plugin runtime benches, one criterion group per phase: call overhead,
+//! load (validate + compile + instantiate), and batch throughput against the
+//! same logic run natively. After criterion, a same-run comparison prints
+//! channels/s and the wasm/native ratio for each plugin.
+//!
+//! Run: `cargo bench --bench runtime` (add `-- --quick` for a short pass).
+
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use m3u_plugin_host::abi::{FieldSet, MemoryPressureLevel, Stage, StageContext, StageInput};
+use m3u_plugin_host::m3u::read_all;
+use m3u_plugin_host::pipeline::PluginSlot;
+use m3u_plugin_host::runtime::{PluginInstance, PluginRuntime, PluginSettings, RuntimeLimits};
+use m3u_plugin_host::OwnedChannel;
+
+const BATCH: usize = 1024;
+
+fn plugin_bytes(file: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("M3U_EXAMPLE_PLUGIN_DIR")).join(file);
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo build` first)", path.display()))
+}
+
+fn runtime() -> PluginRuntime {
+    let allowed: Vec<String> = m3u_plugin_host::abi::host_functions::ALL
+        .map(String::from)
+        .to_vec();
+    PluginRuntime::new(RuntimeLimits::default(), &allowed).expect("runtime")
+}
+
+fn load(runtime: &PluginRuntime, file: &str) -> PluginInstance {
+    runtime
+        .load(&plugin_bytes(file), file, &PluginSettings::new())
+        .expect("plugin loads")
+}
+
+fn real_channels() -> Vec<OwnedChannel> {
+    let text = include_str!("../tests/fixtures/m3u/iptv-org-index-2021.m3u");
+    let (_, mut channels, _) = read_all(text, 0);
+    for (id, channel) in channels.iter_mut().enumerate() {
+        channel.id = id as u64 + 1;
+    }
+    channels
+}
+
+fn context() -> StageContext<'static> {
+    StageContext {
+        stage: Stage::Filtering,
+        memory_pressure: MemoryPressureLevel::Optimal,
+        ..StageContext::default()
+    }
+}
+
+/// Native twin of plugins/group-normalizer (Title Case, collapse spaces,
+/// empty → "Uncategorized"), to measure the same logic without the sandbox.
+fn normalize_native(group: &str) -> String {
+    let mut out = String::with_capacity(group.len());
+    for word in group.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase());
+            out.extend(chars.flat_map(char::to_lowercase));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("Uncategorized");
+    }
+    out
+}
+
+fn native_normalize_batch(batch: &mut [OwnedChannel]) {
+    for channel in batch {
+        let normalized = normalize_native(&channel.group_title);
+        if normalized != channel.group_title {
+            channel.group_title = Cow::Owned(normalized);
+        }
+    }
+}
+
+fn call_overhead(c: &mut Criterion) {
+    let runtime = runtime();
+    let mut instance = load(&runtime, "passthrough.wasm");
+    let empty = postcard::to_allocvec(&StageInput {
+        context: context(),
+        fields: FieldSet::NONE,
+        channels: Vec::new(),
+    })
+    .unwrap();
+    let mut group = c.benchmark_group("call_overhead");
+    group.bench_function("empty_stage_call", |b| {
+        b.iter(|| {
+            instance
+                .execute_stage(Stage::Filtering, black_box(&empty))
+                .map(|out| out.len())
+                .unwrap()
+        })
+    });
+    group.bench_function("check_memory_pressure", |b| {
+        b.iter(|| {
+            instance
+                .accepts_pressure(black_box(MemoryPressureLevel::Moderate))
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+fn load_and_instantiate(c: &mut Criterion) {
+    let runtime = runtime();
+    let mut group = c.benchmark_group("load");
+    for file in ["passthrough.wasm", "group_normalizer.wasm"] {
+        let bytes = plugin_bytes(file);
+        group.bench_function(format!("validate_compile_instantiate/{file}"), |b| {
+            b.iter(|| {
+                runtime
+                    .load(black_box(&bytes), file, &PluginSettings::new())
+                    .unwrap()
+            })
+        });
+        let compiled = runtime.compile(&bytes).unwrap();
+        group.bench_function(format!("instantiate_only/{file}"), |b| {
+            b.iter(|| {
+                runtime
+                    .instantiate(&compiled, file, &PluginSettings::new())
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let runtime = runtime();
+    let channels = real_channels();
+    let batch: Vec<OwnedChannel> = channels[..BATCH].to_vec();
+    let ctx = context();
+    let mut group = c.benchmark_group("throughput");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut passthrough = PluginSlot::new(load(&runtime, "passthrough.wasm"), PathBuf::new());
+    group.bench_function("filter/passthrough_wasm", |b| {
+        b.iter_batched_ref(
+            || batch.clone(),
+            |batch| passthrough.run(Stage::Filtering, &ctx, batch).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut normalizer = PluginSlot::new(load(&runtime, "group_normalizer.wasm"), PathBuf::new());
+    group.bench_function("mapping/group_normalizer_wasm", |b| {
+        b.iter_batched_ref(
+            || batch.clone(),
+            |batch| normalizer.run(Stage::DataMapping, &ctx, batch).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("mapping/group_normalizer_native", |b| {
+        b.iter_batched_ref(
+            || batch.clone(),
+            |batch| native_normalize_batch(batch),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+/// Same-run comparison: channels/s of each plugin over the whole real
+/// playlist against its native twin, and the ratio.
+fn ratios() {
+    let runtime = runtime();
+    let channels = real_channels();
+    let ctx = context();
+    let rounds = 20;
+    let time = |f: &mut dyn FnMut(&mut Vec<OwnedChannel>)| -> Duration {
+        let mut best = Duration::MAX;
+        for _ in 0..rounds {
+            let mut copies: Vec<Vec<OwnedChannel>> =
+                channels.chunks(BATCH).map(|c| c.to_vec()).collect();
+            let started = Instant::now();
+            for batch in &mut copies {
+                f(batch);
+            }
+            best = best.min(started.elapsed());
+        }
+        best
+    };
+    let per_second = |d: Duration| channels.len() as f64 / d.as_secs_f64();
+
+    let mut passthrough = PluginSlot::new(load(&runtime, "passthrough.wasm"), PathBuf::new());
+    let wasm_filter = time(&mut |batch| passthrough.run(Stage::Filtering, &ctx, batch).unwrap());
+    let native_filter = time(&mut |batch| batch.retain(|c| black_box(c).id != 0));
+    let mut normalizer = PluginSlot::new(load(&runtime, "group_normalizer.wasm"), PathBuf::new());
+    let fuel_before = normalizer.instance.stats().fuel_consumed;
+    let wasm_map = time(&mut |batch| normalizer.run(Stage::DataMapping, &ctx, batch).unwrap());
+    let fuel = normalizer.instance.stats().fuel_consumed - fuel_before;
+    let native_map = time(&mut native_normalize_batch);
+
+    println!();
+    println!(
+        "same-run comparison over {} real channels, batches of {BATCH}, best of {rounds}:",
+        channels.len()
+    );
+    println!(
+        "  filter  passthrough      wasm {:>10.0} ch/s   native {:>11.0} ch/s   wasm/native time ratio {:>6.1}x",
+        per_second(wasm_filter),
+        per_second(native_filter),
+        wasm_filter.as_secs_f64() / native_filter.as_secs_f64()
+    );
+    println!(
+        "  mapping group_normalizer wasm {:>10.0} ch/s   native {:>11.0} ch/s   wasm/native time ratio {:>6.1}x   fuel/channel {:.0}",
+        per_second(wasm_map),
+        per_second(native_map),
+        wasm_map.as_secs_f64() / native_map.as_secs_f64(),
+        fuel as f64 / (channels.len() * rounds) as f64
+    );
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    call_overhead(&mut criterion);
+    load_and_instantiate(&mut criterion);
+    throughput(&mut criterion);
+    criterion.final_summary();
+    ratios();
+}

@@ -1,0 +1,4 @@
+pub mod cli;
+pub mod common;
+pub mod pipeline;
+pub mod runtime;

@@ -1,0 +1,2 @@
+//! Integration tests, one binary: see `integration/` for what each file proves.
+mod integration;
