@@ -1,1 +1,226 @@
-//! placeholder
+//! The `m3u-plugin-host` binary as a user runs it: the bundled example on the
+//! real playlist, forced memory pressure, a failing plugin, and bad config.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::pipeline::{plugin_dir, scratch_dir};
+
+fn bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"));
+    command.env("RUST_LOG", "warn");
+    command
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ok(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stats(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn strategies(stats: &serde_json::Value) -> Vec<String> {
+    stats["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["strategy"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn entries(m3u: &str) -> usize {
+    m3u.lines().filter(|l| l.starts_with("#EXTINF")).count()
+}
+
+#[test]
+fn example_config_runs_with_plugins_and_writes_stats() {
+    let dir = scratch_dir("cli-example");
+    let output = dir.join("out.m3u");
+    let stats_path = dir.join("stats.json");
+    let result = ok(bin()
+        .args(["run", "--config"])
+        .arg(repo().join("examples/pipeline.toml"))
+        .arg("--output")
+        .arg(&output)
+        .arg("--stats-json")
+        .arg(&stats_path)
+        .args(["--memory-pressure", "optimal"])
+        .output()
+        .unwrap());
+    let summary = String::from_utf8_lossy(&result.stderr);
+    assert!(summary.contains("10525 channels in"), "{summary}");
+    let stats = stats(&stats_path);
+    assert_eq!(stats["channels_loaded"], 10_525);
+    assert_eq!(stats["plugin_failures"], 0);
+    assert_eq!(
+        strategies(&stats),
+        [
+            "inmemory_full",
+            "group_normalizer",
+            "passthrough",
+            "inmemory_numbering",
+            "sorted_writer"
+        ]
+    );
+    let m3u = std::fs::read_to_string(&output).unwrap();
+    assert!(m3u.starts_with("#EXTM3U"));
+    assert_eq!(
+        entries(&m3u) as u64,
+        stats["channels_written"].as_u64().unwrap()
+    );
+    assert!(
+        !m3u.contains("group-title=\"\""),
+        "empty groups were filled by the plugin"
+    );
+}
+
+#[test]
+fn forced_high_pressure_switches_to_streaming_with_the_same_channels() {
+    let dir = scratch_dir("cli-pressure");
+    let run = |level: &str| -> (serde_json::Value, String) {
+        let output = dir.join(format!("{level}.m3u"));
+        let stats_path = dir.join(format!("{level}.json"));
+        ok(bin()
+            .args(["run", "-q", "--config"])
+            .arg(repo().join("examples/pipeline.toml"))
+            .arg("--output")
+            .arg(&output)
+            .arg("--stats-json")
+            .arg(&stats_path)
+            .args(["--memory-pressure", level])
+            .output()
+            .unwrap());
+        (stats(&stats_path), std::fs::read_to_string(output).unwrap())
+    };
+    let (low, low_m3u) = run("moderate");
+    let (high, high_m3u) = run("critical");
+    assert_eq!(strategies(&low)[3], "inmemory_numbering");
+    assert_eq!(strategies(&high)[0], "streaming_source");
+    assert_eq!(strategies(&high)[3], "streaming_numbering");
+    assert_eq!(strategies(&high)[4], "streaming_writer");
+    assert_eq!(entries(&low_m3u), entries(&high_m3u));
+}
+
+#[test]
+fn failing_plugin_run_equals_the_native_only_run() {
+    let dir = scratch_dir("cli-flaky");
+    let plugins = plugin_dir(&["flaky_filter"]);
+    let input = repo().join("tests/fixtures/m3u/iptv-org-index-2021.m3u");
+    let write_config = |name: &str, filtering: &str| -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[[filtering.filters]]\naction = \"exclude\"\n\
+                 expression = 'channel_name case_sensitive contains \"[Geo-blocked]\"'\n\
+                 [proxy_generation.wasm_plugins]\nplugin_directory = {:?}\n\
+                 [proxy_generation.wasm_plugins.security]\n\
+                 allowed_host_functions = [\"log\", \"read_channels\", \"write_channels\", \"get_config\"]\n\
+                 [proxy_generation.wasm_plugins.strategies]\nfiltering = {filtering}\n",
+                plugins.display().to_string()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let run = |config: &Path, out: &str| -> String {
+        let output = dir.join(out);
+        ok(bin()
+            .args(["run", "-q", "--config"])
+            .arg(config)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .arg("--stats-json")
+            .arg(dir.join(format!("{out}.json")))
+            .output()
+            .unwrap());
+        std::fs::read_to_string(output).unwrap()
+    };
+    let with_plugin = run(
+        &write_config("plugin.toml", "[\"flaky_filter\"]"),
+        "plugin.m3u",
+    );
+    let native = run(&write_config("native.toml", "[]"), "native.m3u");
+    assert_eq!(with_plugin, native, "byte-identical output");
+    let stats = stats(&dir.join("plugin.m3u.json"));
+    assert_eq!(
+        stats["plugins"][0]["failures"], 3,
+        "default max_plugin_failures"
+    );
+    assert_eq!(stats["plugins"][0]["disabled"], true);
+    assert_eq!(stats["fallbacks"], 3);
+}
+
+#[test]
+fn bad_config_fails_with_line_column_and_key() {
+    let dir = scratch_dir("cli-bad");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[proxy_generation.wasm_plugins]\nmax_memory_per_plugin = \"64 parsecs\"\n",
+    )
+    .unwrap();
+    let output = bin().args(["run", "--config"]).arg(&path).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 2, column 25"), "{stderr}");
+    assert!(
+        stderr.contains("proxy_generation.wasm_plugins.max_memory_per_plugin"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown size unit"), "{stderr}");
+}
+
+#[test]
+fn output_goes_to_stdout_and_input_from_stdin() {
+    use std::io::Write;
+    let dir = scratch_dir("cli-stdio");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, "[numbering]\nstart = 7\n").unwrap();
+    let mut child = bin()
+        .args(["run", "-q", "--config"])
+        .arg(&config)
+        .args(["--input", "-", "--output", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"#EXTM3U\n#EXTINF:-1,One\nhttp://one\n")
+        .unwrap();
+    let output = ok(child.wait_with_output().unwrap());
+    let m3u = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(m3u, "#EXTM3U\n#EXTINF:-1 tvg-chno=\"7\",One\nhttp://one\n");
+}
+
+#[test]
+fn plugins_inspect_reports_info_and_imports() {
+    let file = Path::new(env!("M3U_EXAMPLE_PLUGIN_DIR")).join("group_normalizer.wasm");
+    let output = ok(bin()
+        .args(["plugins", "inspect", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["name"], "group_normalizer");
+    assert_eq!(report["stages"], serde_json::json!(["data_mapping"]));
+    assert_eq!(report["reads"], serde_json::json!(["group_title"]));
+    let imports = report["imports"].as_array().unwrap();
+    assert!(imports.iter().any(|i| i == "host.get_config"));
+}

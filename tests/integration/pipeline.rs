@@ -1,1 +1,335 @@
-//! placeholder
+//! The pipeline end to end on the real playlist: native strategies, plugin
+//! strategies, memory-pressure driven choice, and fallbacks that lose nothing.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use m3u_plugin_host::abi::MemoryPressureLevel;
+use m3u_plugin_host::config::Config;
+use m3u_plugin_host::m3u::read_all;
+use m3u_plugin_host::pipeline::{Pipeline, Source};
+use m3u_plugin_host::{ErrorKind, OwnedChannel};
+
+const PLAYLIST: &str = include_str!("../fixtures/m3u/iptv-org-index-2021.m3u");
+
+/// A fresh, empty directory under the system temp dir.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "m3u-plugin-host-test-{}-{label}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A scratch directory holding copies of the named plugins.
+pub fn plugin_dir(plugins: &[&str]) -> PathBuf {
+    let dir = scratch_dir("plugins");
+    for name in plugins {
+        let file = format!("{name}.wasm");
+        let from = [env!("M3U_EXAMPLE_PLUGIN_DIR"), env!("M3U_TEST_PLUGIN_DIR")]
+            .iter()
+            .map(|d| Path::new(d).join(&file))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{file} was not built; run `cargo build`"));
+        std::fs::copy(from, dir.join(&file)).unwrap();
+    }
+    dir
+}
+
+fn config(plugin_dir: &Path, extra: &str) -> Config {
+    let text = format!(
+        "[proxy_generation.wasm_plugins]\nplugin_directory = {:?}\n\
+         [proxy_generation.wasm_plugins.security]\n\
+         allowed_host_functions = [\"log\", \"read_channels\", \"write_channels\", \"get_config\"]\n{extra}",
+        plugin_dir.display().to_string()
+    );
+    Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn run(
+    config: Config,
+    level: MemoryPressureLevel,
+) -> (Vec<OwnedChannel>, m3u_plugin_host::pipeline::RunStats) {
+    let mut pipeline = Pipeline::new(config).unwrap();
+    pipeline.force_memory_pressure(Some(level));
+    let source = Source::from_reader("real", std::io::Cursor::new(PLAYLIST.as_bytes().to_vec()));
+    pipeline.run_collect(vec![source]).unwrap()
+}
+
+fn strip_ids(channels: &[OwnedChannel]) -> Vec<OwnedChannel> {
+    channels
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            c.id = 0;
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn native_only_run_keeps_every_channel_and_numbers_them_uniquely() {
+    let empty = scratch_dir("empty");
+    let (out, stats) = run(config(&empty, ""), MemoryPressureLevel::Optimal);
+    let (_, input, malformed) = read_all(PLAYLIST, 0);
+    assert_eq!(malformed, 0);
+    assert_eq!(out.len(), input.len());
+    assert_eq!(stats.channels_loaded, 10_525);
+    assert_eq!(stats.channels_written, 10_525);
+    let numbers: HashSet<&str> = out.iter().map(|c| c.tvg_chno.as_ref()).collect();
+    assert_eq!(numbers.len(), out.len(), "channel numbers are unique");
+    // Apart from the number, channels come out exactly as they went in.
+    for (got, want) in out.iter().zip(&input) {
+        let mut got = got.clone();
+        got.id = 0;
+        got.tvg_chno = want.tvg_chno.clone();
+        assert_eq!(&got, want);
+    }
+}
+
+#[test]
+fn filters_and_mapping_rules_from_toml_follow_upstream_semantics() {
+    let empty = scratch_dir("empty");
+    let extra = r#"
+[mapping]
+rules = ['channel_name matches "^(.*) \[Geo-blocked\]$" SET channel_name = "$1", attr:geo = "yes"']
+[[filtering.filters]]
+action = "include"
+expression = 'group_title equals "news" OR group_title equals "sports"'
+[[filtering.filters]]
+action = "exclude"
+expression = 'channel_name contains "CNN" AND NOT tvg_id ends_with ".us"'
+"#;
+    let (out, _) = run(config(&empty, extra), MemoryPressureLevel::Optimal);
+    let (_, input, _) = read_all(PLAYLIST, 0);
+    let expected: Vec<&OwnedChannel> = input
+        .iter()
+        .filter(|c| {
+            let group = c.group_title.to_lowercase();
+            (group == "news" || group == "sports")
+                && !(c.channel_name.to_lowercase().contains("cnn")
+                    && !c.tvg_id.to_lowercase().ends_with(".us"))
+        })
+        .collect();
+    assert!(
+        expected.len() > 400,
+        "the fixture has news and sports channels"
+    );
+    assert_eq!(out.len(), expected.len());
+    for (got, want) in out.iter().zip(expected) {
+        match want.channel_name.strip_suffix(" [Geo-blocked]") {
+            Some(name) => {
+                assert_eq!(got.channel_name, name, "regex capture $1 applied");
+                assert_eq!(got.attribute("geo"), Some("yes"));
+            }
+            None => assert_eq!(got.channel_name, want.channel_name),
+        }
+        assert_eq!(got.stream_url, want.stream_url);
+    }
+}
+
+#[test]
+fn numbering_keeps_explicit_numbers_and_resolves_collisions() {
+    let playlist = "#EXTM3U\n\
+        #EXTINF:-1,auto-a\nhttp://a\n\
+        #EXTINF:-1 tvg-chno=\"100\",explicit-100\nhttp://b\n\
+        #EXTINF:-1 tvg-chno=\"100\",collides-100\nhttp://c\n\
+        #EXTINF:-1,auto-b\nhttp://d\n";
+    let empty = scratch_dir("empty");
+    let numbers = |strategy: &str| -> Vec<(String, String)> {
+        let extra = format!(
+            "[numbering]\nstart = 100\n[proxy_generation.wasm_plugins.strategies]\n\
+             channel_numbering = [\"{strategy}\"]\n"
+        );
+        let mut pipeline = Pipeline::new(config(&empty, &extra)).unwrap();
+        pipeline.force_memory_pressure(Some(MemoryPressureLevel::Optimal));
+        let source = Source::from_reader("t", std::io::Cursor::new(playlist.as_bytes().to_vec()));
+        let (out, _) = pipeline.run_collect(vec![source]).unwrap();
+        out.iter()
+            .map(|c| (c.channel_name.to_string(), c.tvg_chno.to_string()))
+            .collect()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    // In memory: explicit numbers are reserved first; the collision moves to
+    // the next free number; the rest count up from `start` around them.
+    assert_eq!(
+        numbers("inmemory_numbering"),
+        pairs(&[
+            ("auto-a", "102"),
+            ("explicit-100", "100"),
+            ("collides-100", "101"),
+            ("auto-b", "103")
+        ])
+    );
+    // Streaming: numbers are given in arrival order, so the auto-numbered
+    // first channel takes 100 and both explicit 100s move up.
+    assert_eq!(
+        numbers("streaming_numbering"),
+        pairs(&[
+            ("auto-a", "100"),
+            ("explicit-100", "101"),
+            ("collides-100", "102"),
+            ("auto-b", "103")
+        ])
+    );
+}
+
+#[test]
+fn memory_pressure_switches_in_memory_strategies_to_streaming() {
+    let empty = scratch_dir("empty");
+    let extra = "[proxy_generation.wasm_plugins.strategies]\n\
+        source_loading = [\"inmemory_full\"]\n\
+        channel_numbering = [\"inmemory_numbering\"]\n\
+        m3u_generation = [\"sorted_writer\"]\n";
+    let (low_out, low) = run(config(&empty, extra), MemoryPressureLevel::Optimal);
+    let (high_out, high) = run(config(&empty, extra), MemoryPressureLevel::High);
+    let strategies = |s: &m3u_plugin_host::pipeline::RunStats| -> Vec<String> {
+        s.stages.iter().map(|st| st.strategy.clone()).collect()
+    };
+    assert_eq!(
+        strategies(&low),
+        [
+            "inmemory_full",
+            "native_mapping",
+            "native_filter",
+            "inmemory_numbering",
+            "sorted_writer"
+        ]
+    );
+    assert_eq!(
+        strategies(&high),
+        [
+            "streaming_source",
+            "native_mapping",
+            "native_filter",
+            "streaming_numbering",
+            "streaming_writer"
+        ]
+    );
+    assert!(high.stages[3]
+        .reason
+        .contains("inmemory_numbering (in-memory, pressure is high)"));
+    assert_eq!(high.memory_pressure, "high");
+    assert_eq!(low_out.len(), high_out.len());
+}
+
+#[test]
+fn plugin_strategies_run_and_change_channels() {
+    let dir = plugin_dir(&["group_normalizer", "passthrough"]);
+    let extra = "[proxy_generation.wasm_plugins.strategies]\n\
+        data_mapping = [\"group_normalizer\"]\nfiltering = [\"passthrough\"]\n\
+        [plugins.group_normalizer]\nempty_group = \"Other\"\n";
+    let (out, stats) = run(config(&dir, extra), MemoryPressureLevel::Optimal);
+    let (_, input, _) = read_all(PLAYLIST, 0);
+    assert_eq!(out.len(), input.len());
+    assert_eq!(stats.stages[1].strategy, "group_normalizer");
+    assert_eq!(stats.stages[2].strategy, "passthrough");
+    for (got, want) in out.iter().zip(&input) {
+        let expected = if want.group_title.trim().is_empty() {
+            "Other".to_string()
+        } else {
+            want.group_title
+                .split_whitespace()
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| {
+                            f.to_uppercase()
+                                .chain(c.flat_map(char::to_lowercase))
+                                .collect::<String>()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(got.group_title, expected);
+        assert_eq!(got.channel_name, want.channel_name);
+    }
+    assert!(stats.fuel_consumed > 0);
+    assert_eq!(stats.plugin_failures, 0);
+}
+
+#[test]
+fn failing_plugin_batches_fall_back_and_the_output_equals_the_native_run() {
+    let dir = plugin_dir(&["flaky_filter"]);
+    let native_filter = "[[filtering.filters]]\naction = \"exclude\"\n\
+        expression = 'channel_name case_sensitive contains \"[Geo-blocked]\"'\n";
+    let with_plugin = format!(
+        "{native_filter}[proxy_generation.wasm_plugins.strategies]\nfiltering = [\"flaky_filter\", \"native_filter\"]\n\
+         [proxy_generation.wasm_plugins.fallbacks]\nmax_plugin_failures = 4\n\
+         [plugins.flaky_filter]\ntrap_on = \"(240p)\"\n[pipeline]\nbatch_size = 256\n"
+    );
+    let (plugin_out, stats) = run(config(&dir, &with_plugin), MemoryPressureLevel::Optimal);
+    let native_only = format!("{native_filter}[pipeline]\nbatch_size = 256\n");
+    let (native_out, native_stats) = run(config(&dir, &native_only), MemoryPressureLevel::Optimal);
+    assert_eq!(
+        strip_ids(&plugin_out),
+        strip_ids(&native_out),
+        "nothing lost, nothing duplicated"
+    );
+    assert_eq!(native_stats.plugin_calls, 0);
+    // The plugin failed 4 times, was switched off, and every failed batch
+    // (and all later ones) went to the native filter.
+    let plugin = &stats.plugins[0];
+    assert_eq!(plugin.failures, 4);
+    assert!(plugin.disabled);
+    assert_eq!(stats.fallbacks, 4);
+    let batches: u64 = stats.stages[2]
+        .batches_by_strategy
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(batches, stats.batches);
+    assert!(stats.stages[2]
+        .batches_by_strategy
+        .iter()
+        .any(|(s, n)| s == "flaky_filter" && *n > 0));
+}
+
+#[test]
+fn unknown_strategy_names_list_what_is_known() {
+    let empty = scratch_dir("empty");
+    let error = Pipeline::new(config(
+        &empty,
+        "[proxy_generation.wasm_plugins.strategies]\nfiltering = [\"redis_spill\"]\n",
+    ))
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error.kind(), ErrorKind::Config { .. }));
+    assert!(text.contains("unknown strategy `redis_spill`"), "{text}");
+    assert!(text.contains("native_filter"), "{text}");
+    let error = Pipeline::new(config(
+        &empty,
+        "[proxy_generation.wasm_plugins.strategies]\nfiltering = [\"sorted_writer\"]\n",
+    ))
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("is a m3u_generation strategy"),
+        "{error}"
+    );
+}
+
+#[test]
+fn malformed_entries_are_skipped_and_every_valid_one_survives() {
+    let playlist = "#EXTM3U\n#EXTINF:-1 tvg-id=\"a\",A\nhttp://a\n\
+        #EXTINF:-1 tvg-id=\"broken,B\n#EXTINF:-1,no url\n\
+        #EXTINF:-1 tvg-ID=\"c\",C, with comma\r\nhttp://c\n";
+    let empty = scratch_dir("empty");
+    let mut pipeline = Pipeline::new(config(&empty, "")).unwrap();
+    let source = Source::from_reader("t", std::io::Cursor::new(playlist.as_bytes().to_vec()));
+    let (out, stats) = pipeline.run_collect(vec![source]).unwrap();
+    let names: Vec<&str> = out.iter().map(|c| c.channel_name.as_ref()).collect();
+    assert_eq!(names, ["A", "C, with comma"]);
+    assert_eq!(out[1].tvg_id, "c");
+    assert_eq!(stats.malformed_entries, 2);
+}

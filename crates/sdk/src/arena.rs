@@ -41,6 +41,15 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
     with_region(&SCRATCH_IN_USE, DATA_BYTES, SCRATCH_BYTES, f)
 }
 
+/// Marks both regions free. Every export calls this on entry: the host never
+/// re-enters a plugin, so nothing can legitimately be lent out then, and a
+/// trap in an earlier call (which unwinds nothing) must not leave a region
+/// marked busy forever.
+pub(crate) fn release_all() {
+    DATA_IN_USE.with(|flag| *flag = false);
+    SCRATCH_IN_USE.with(|flag| *flag = false);
+}
+
 fn with_region<R>(
     in_use: &GuestCell<bool>,
     offset: usize,

@@ -10,7 +10,7 @@ use m3u_proxy_plugin_abi::{
     StageInput, StageOutput,
 };
 
-use crate::arena::{arena_ptr, with_data, GuestCell, ARENA_BYTES, DATA_BYTES};
+use crate::arena::{arena_ptr, release_all, with_data, GuestCell, ARENA_BYTES, DATA_BYTES};
 use crate::{hostcalls, KeepMask, Patches, Plugin, PluginError};
 
 /// The plugin, type-erased so the SDK can own the single instance.
@@ -88,6 +88,7 @@ impl<P: Plugin> Dispatch for P {
 static INSTANCE: GuestCell<Option<Box<dyn Dispatch>>> = GuestCell::new(None);
 
 fn with_instance<P: Plugin>(f: impl FnOnce(&mut dyn Dispatch) -> i32) -> i32 {
+    release_all();
     INSTANCE.with(|slot| {
         let plugin = slot.get_or_insert_with(|| Box::new(P::default()));
         f(plugin.as_mut())
@@ -106,6 +107,7 @@ pub fn arena_capacity() -> i32 {
 
 /// `m3u_plugin_info`: encodes the info into the arena, returns its length.
 pub fn plugin_info<P: Plugin>(name: &str) -> i32 {
+    release_all();
     let mut stages = 0;
     let mut probe = P::default();
     if probe.as_filter().is_some() {
