@@ -44,6 +44,7 @@ fn main() {
         "tests/plugins",
         "crates/sdk/src",
         "crates/abi/src",
+        "Cargo.toml",
         "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={watched}");

@@ -198,7 +198,7 @@ fn ratios() {
     let fuel_before = normalizer.instance.stats().fuel_consumed;
     let wasm_map = time(&mut |batch| normalizer.run(Stage::DataMapping, &ctx, batch).unwrap());
     let fuel = normalizer.instance.stats().fuel_consumed - fuel_before;
-    let native_map = time(&mut native_normalize_batch);
+    let native_map = time(&mut |batch| native_normalize_batch(batch));
 
     println!();
     println!(

@@ -74,9 +74,11 @@ impl PluginInstance {
         );
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|state| &mut state.limiter);
-        // The start function (if any) runs under the same budget as a call.
+        // The start function (if any) cannot be paused to check the deadline,
+        // so it gets one fuel slice: enough for initialising globals, not for
+        // work (SDK plugins have no start function at all).
         store
-            .set_fuel(limits.fuel_per_call)
+            .set_fuel(limits.fuel_slice.min(limits.fuel_per_call))
             .map_err(|e| ErrorKind::InvalidModule(e.to_string()))?;
         let instance = runtime
             .linker()
@@ -264,11 +266,11 @@ impl PluginInstance {
         R: wasmi::WasmResults,
     {
         let budget = self.limits.fuel_per_call;
-        let slice = self.limits.fuel_slice.clamp(1, budget.max(1));
+        let slice = self.limits.fuel_slice.min(budget);
         let started = Instant::now();
         let deadline = started + self.limits.timeout;
         self.store.data_mut().begin_call();
-        self.store.data_mut().fuel_reserve = budget - slice;
+        self.store.data_mut().fuel_reserve = budget.saturating_sub(slice);
         self.store.set_fuel(slice).map_err(fuel_error)?;
         self.stats.calls += 1;
         let mut outcome = func.call_resumable(&mut self.store, params);

@@ -141,6 +141,12 @@ impl PluginRuntime {
                 ));
             }
         }
+        if limits.fuel_per_call == 0 || limits.fuel_slice == 0 {
+            return Err(Error::config_key(
+                "proxy_generation.wasm_plugins.fuel_per_call",
+                "fuel_per_call and fuel_slice must be at least 1",
+            ));
+        }
         let mut config = Config::default();
         config
             .consume_fuel(true)

@@ -111,9 +111,10 @@ expression = 'channel_name contains "CNN" AND NOT tvg_id ends_with ".us"'
         .iter()
         .filter(|c| {
             let group = c.group_title.to_lowercase();
-            (group == "news" || group == "sports")
-                && !(c.channel_name.to_lowercase().contains("cnn")
-                    && !c.tvg_id.to_lowercase().ends_with(".us"))
+            let included = group == "news" || group == "sports";
+            let excluded = c.channel_name.to_lowercase().contains("cnn")
+                && !c.tvg_id.to_lowercase().ends_with(".us");
+            included && !excluded
         })
         .collect();
     assert!(
