@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use m3u_proxy_plugin_abi::{
     keep_mask_get, keep_mask_len, Channel, FieldSet, Patch, PatchOp, Stage, StageContext,
-    StageInput, StageOutput,
+    StageInputView, StageOutput,
 };
 
 use crate::runtime::PluginInstance;
@@ -64,15 +64,14 @@ impl PluginSlot {
             return Ok(());
         }
         let reads = self.instance.info().reads;
-        let input = StageInput {
-            context: context.clone(),
+        let input = StageInputView {
+            context,
             fields: reads,
-            channels: batch.iter().map(|c| c.project(reads)).collect(),
+            channels: batch,
         };
         let encoded_len = match postcard::to_slice(&input, &mut self.buffer) {
             Ok(bytes) => bytes.len(),
             Err(postcard::Error::SerializeBufferFull) if batch.len() > 1 => {
-                drop(input);
                 return self.run_split(stage, context, batch);
             }
             Err(error) => {
@@ -82,7 +81,6 @@ impl PluginSlot {
                 )))
             }
         };
-        drop(input);
         let output = self
             .instance
             .execute_stage(stage, &self.buffer[..encoded_len])?;

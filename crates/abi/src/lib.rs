@@ -573,16 +573,215 @@ impl Default for Stage {
 }
 
 /// What the host sends to `execute_stage`: the context and one batch.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Channels are **projected** on the wire: after `id` and `source_id`, only
+/// the fields in `fields` are present, in [`Field`] order; the others are
+/// absent and decode as empty. A plugin that reads two fields therefore
+/// decodes two strings per channel, not fourteen. The host encodes it from a
+/// borrowed slice with [`StageInputView`]; both give the same bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StageInput<'a> {
     /// Context of this call.
-    #[serde(borrow)]
     pub context: StageContext<'a>,
-    /// The fields filled in `channels`; the others are empty.
+    /// The fields present in `channels`; the others are empty.
     pub fields: FieldSet,
     /// The batch.
-    #[serde(borrow)]
     pub channels: Vec<Channel<'a>>,
+}
+
+/// Encodes like [`StageInput`] from borrowed parts, without copying channels.
+#[derive(Clone, Copy, Debug)]
+pub struct StageInputView<'v, 'a> {
+    /// Context of this call.
+    pub context: &'v StageContext<'a>,
+    /// The fields to send.
+    pub fields: FieldSet,
+    /// The batch.
+    pub channels: &'v [Channel<'a>],
+}
+
+mod projected {
+    //! The projected channel encoding of [`super::StageInput`].
+    use super::*;
+    use core::fmt;
+    use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
+    use serde::ser::{SerializeSeq, SerializeTuple};
+    use serde::{Deserializer, Serializer};
+
+    /// Number of wire elements of a projected channel.
+    fn element_count(fields: FieldSet) -> usize {
+        2 + Field::ALL.iter().filter(|f| fields.contains(**f)).count()
+    }
+
+    struct ProjectedChannel<'v, 'a> {
+        channel: &'v Channel<'a>,
+        fields: FieldSet,
+    }
+
+    impl Serialize for ProjectedChannel<'_, '_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut tuple = serializer.serialize_tuple(element_count(self.fields))?;
+            tuple.serialize_element(&self.channel.id)?;
+            tuple.serialize_element(&self.channel.source_id)?;
+            for field in Field::ALL {
+                if !self.fields.contains(field) {
+                    continue;
+                }
+                match field {
+                    Field::Attributes => tuple.serialize_element(&self.channel.attributes)?,
+                    Field::Extras => tuple.serialize_element(&self.channel.extras)?,
+                    text => tuple.serialize_element(self.channel.text(text))?,
+                }
+            }
+            tuple.end()
+        }
+    }
+
+    struct ProjectedChannels<'v, 'a> {
+        channels: &'v [Channel<'a>],
+        fields: FieldSet,
+    }
+
+    impl Serialize for ProjectedChannels<'_, '_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut seq = serializer.serialize_seq(Some(self.channels.len()))?;
+            for channel in self.channels {
+                seq.serialize_element(&ProjectedChannel {
+                    channel,
+                    fields: self.fields,
+                })?;
+            }
+            seq.end()
+        }
+    }
+
+    impl Serialize for StageInputView<'_, '_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut tuple = serializer.serialize_tuple(3)?;
+            tuple.serialize_element(self.context)?;
+            tuple.serialize_element(&self.fields)?;
+            tuple.serialize_element(&ProjectedChannels {
+                channels: self.channels,
+                fields: self.fields,
+            })?;
+            tuple.end()
+        }
+    }
+
+    impl Serialize for StageInput<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            StageInputView {
+                context: &self.context,
+                fields: self.fields,
+                channels: &self.channels,
+            }
+            .serialize(serializer)
+        }
+    }
+
+    struct ChannelSeed(FieldSet);
+
+    impl<'de> DeserializeSeed<'de> for ChannelSeed {
+        type Value = Channel<'de>;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_tuple(element_count(self.0), self)
+        }
+    }
+
+    fn next<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A) -> Result<T, A::Error> {
+        seq.next_element()?
+            .ok_or_else(|| A::Error::custom("projected channel ends early"))
+    }
+
+    impl<'de> Visitor<'de> for ChannelSeed {
+        type Value = Channel<'de>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a projected channel")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Channel<'de>, A::Error> {
+            let mut channel = Channel {
+                id: next(&mut seq)?,
+                source_id: next(&mut seq)?,
+                ..Channel::default()
+            };
+            for field in Field::ALL {
+                if !self.0.contains(field) {
+                    continue;
+                }
+                match field {
+                    Field::Attributes => channel.attributes = next(&mut seq)?,
+                    Field::Extras => channel.extras = next(&mut seq)?,
+                    text => {
+                        let value: &'de str = next(&mut seq)?;
+                        if let Some(slot) = channel.text_mut(text) {
+                            *slot = Cow::Borrowed(value);
+                        }
+                    }
+                }
+            }
+            Ok(channel)
+        }
+    }
+
+    struct ChannelsSeed(FieldSet);
+
+    impl<'de> DeserializeSeed<'de> for ChannelsSeed {
+        type Value = Vec<Channel<'de>>;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ChannelsSeed {
+        type Value = Vec<Channel<'de>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence of projected channels")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            // Cap the up-front allocation: the length prefix comes from the
+            // other side and must not decide how much we reserve.
+            let mut channels = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(channel) = seq.next_element_seed(ChannelSeed(self.0))? {
+                channels.push(channel);
+            }
+            Ok(channels)
+        }
+    }
+
+    struct StageInputVisitor;
+
+    impl<'de> Visitor<'de> for StageInputVisitor {
+        type Value = StageInput<'de>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a StageInput")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StageInput<'de>, A::Error> {
+            let context = next(&mut seq)?;
+            let fields: FieldSet = next(&mut seq)?;
+            let channels = seq
+                .next_element_seed(ChannelsSeed(fields))?
+                .ok_or_else(|| A::Error::custom("StageInput ends before its channels"))?;
+            Ok(StageInput {
+                context,
+                fields,
+                channels,
+            })
+        }
+    }
+
+    impl<'de: 'a, 'a> Deserialize<'de> for StageInput<'a> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_tuple(3, StageInputVisitor)
+        }
+    }
 }
 
 /// One change to one channel of the input batch.
@@ -802,6 +1001,49 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&input).unwrap();
         assert_eq!(bytes, [2, 2, 1, 1, b'p', 0, 3, 0x41, 0]);
+    }
+
+    #[test]
+    fn stage_input_sends_only_the_declared_fields() {
+        let channel = sample_channel();
+        let context = StageContext::default();
+        let fields = FieldSet::of(&[Field::ChannelName, Field::Extras]);
+        let view = StageInputView {
+            context: &context,
+            fields,
+            channels: core::slice::from_ref(&channel),
+        };
+        let bytes = postcard::to_allocvec(&view).unwrap();
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            0, 0, 0, 0, 0, 0,    // StageContext::default()
+            0xc0, 0x40,          // fields: bits 6 and 13 (8256)
+            1,                   // one channel
+            0xac, 0x02, 0x01,    // id 300, source_id 1
+            1, b'A',             // channel_name
+            1, 2, b'#', b'E',    // extras
+        ];
+        assert_eq!(bytes, expected);
+        let back: StageInput = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.channels, [channel.project(fields)]);
+        assert!(matches!(back.channels[0].channel_name, Cow::Borrowed(_)));
+        // The owned form encodes the same way.
+        assert_eq!(postcard::to_allocvec(&back).unwrap(), bytes);
+        // Every field: the same as a full channel after id and source_id.
+        let all = StageInputView { context: &context, fields: FieldSet::ALL, channels: core::slice::from_ref(&channel) };
+        let full = postcard::to_allocvec(&all).unwrap();
+        assert!(full.ends_with(&postcard::to_allocvec(&channel).unwrap()));
+    }
+
+    #[test]
+    fn truncated_stage_input_is_an_error_not_a_panic() {
+        let channel = sample_channel();
+        let context = StageContext::default();
+        let view = StageInputView { context: &context, fields: FieldSet::ALL, channels: core::slice::from_ref(&channel) };
+        let bytes = postcard::to_allocvec(&view).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(postcard::from_bytes::<StageInput>(&bytes[..cut]).is_err());
+        }
     }
 
     #[test]
