@@ -42,7 +42,7 @@ enum Command {
         /// Pretend this memory pressure (optimal, moderate, high, critical, emergency).
         #[arg(long, value_parser = parse_level)]
         memory_pressure: Option<m3u_plugin_host::abi::MemoryPressureLevel>,
-        /// Do not print the summary.
+        /// No summary, and only warnings and errors in the log (unless RUST_LOG is set).
         #[arg(long, short)]
         quiet: bool,
     },
@@ -69,10 +69,14 @@ enum PluginCommand {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let cli = Cli::parse();
+    // `-q` keeps a run to warnings and errors unless RUST_LOG says otherwise.
+    let quiet = matches!(cli.command, Command::Run { quiet: true, .. });
+    let default_level = if quiet { "warn" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_timestamp(None)
         .init();
-    match run_cli(Cli::parse()) {
+    match run_cli(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

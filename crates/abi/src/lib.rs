@@ -684,7 +684,10 @@ mod projected {
     impl<'de> DeserializeSeed<'de> for ChannelSeed {
         type Value = Channel<'de>;
 
-        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        fn deserialize<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
             deserializer.deserialize_tuple(element_count(self.0), self)
         }
     }
@@ -731,7 +734,10 @@ mod projected {
     impl<'de> DeserializeSeed<'de> for ChannelsSeed {
         type Value = Vec<Channel<'de>>;
 
-        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        fn deserialize<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
             deserializer.deserialize_seq(self)
         }
     }
@@ -1030,7 +1036,11 @@ mod tests {
         // The owned form encodes the same way.
         assert_eq!(postcard::to_allocvec(&back).unwrap(), bytes);
         // Every field: the same as a full channel after id and source_id.
-        let all = StageInputView { context: &context, fields: FieldSet::ALL, channels: core::slice::from_ref(&channel) };
+        let all = StageInputView {
+            context: &context,
+            fields: FieldSet::ALL,
+            channels: core::slice::from_ref(&channel),
+        };
         let full = postcard::to_allocvec(&all).unwrap();
         assert!(full.ends_with(&postcard::to_allocvec(&channel).unwrap()));
     }
@@ -1039,7 +1049,11 @@ mod tests {
     fn truncated_stage_input_is_an_error_not_a_panic() {
         let channel = sample_channel();
         let context = StageContext::default();
-        let view = StageInputView { context: &context, fields: FieldSet::ALL, channels: core::slice::from_ref(&channel) };
+        let view = StageInputView {
+            context: &context,
+            fields: FieldSet::ALL,
+            channels: core::slice::from_ref(&channel),
+        };
         let bytes = postcard::to_allocvec(&view).unwrap();
         for cut in 0..bytes.len() {
             assert!(postcard::from_bytes::<StageInput>(&bytes[..cut]).is_err());
