@@ -11,7 +11,7 @@ mod plugin_stage;
 mod stats;
 pub mod strategy;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use crate::memory::MemoryMonitor;
 use crate::native::filter::{FilterAction, FilterRule, FilterSet};
 use crate::native::mapping::Mapper;
 use crate::native::numbering::{number_in_memory, ChannelNumberer};
-use crate::runtime::{PluginRuntime, PluginSettings};
+use crate::runtime::PluginRuntime;
 use crate::{Error, OwnedChannel, Result};
 
 pub use plugin_stage::PluginSlot;
@@ -163,7 +163,9 @@ impl ChannelSink for CollectSink {
 /// A configured pipeline with its plugins loaded. Reusable for many runs.
 pub struct Pipeline {
     config: Config,
+    runtime: Option<PluginRuntime>,
     plugins: Vec<PluginSlot>,
+    failed_files: HashMap<PathBuf, FileStamp>,
     load_errors: Vec<String>,
     failed_plugin_names: HashSet<String>,
     mapper: Mapper,
@@ -205,7 +207,9 @@ impl Pipeline {
         monitor.force_level(config.memory.force_level.map(|level| level.0));
         let mut pipeline = Pipeline {
             config,
+            runtime: None,
             plugins: Vec::new(),
+            failed_files: HashMap::new(),
             load_errors: Vec::new(),
             failed_plugin_names: HashSet::new(),
             mapper,
@@ -259,63 +263,159 @@ impl Pipeline {
                 .iter()
                 .any(|name| NativeStrategy::from_name(name).is_none())
         });
-        let entries = match std::fs::read_dir(&directory) {
-            Ok(entries) => entries,
+        self.runtime = Some(runtime);
+        match plugin_files(&directory) {
+            Ok(files) => {
+                for path in files {
+                    self.load_file(path);
+                }
+                Ok(())
+            }
             Err(error) if !wants_plugins => {
                 log::debug!("no plugins loaded from {}: {error}", directory.display());
-                return Ok(());
+                Ok(())
             }
-            Err(error) => {
-                return Err(Error::config_key(
-                    "proxy_generation.wasm_plugins.plugin_directory",
-                    format!(
-                        "cannot read plugin directory {}: {error}; create it, or build the \
-                         example plugins with `cargo build`",
-                        directory.display()
-                    ),
-                ))
+            Err(error) => Err(Error::config_key(
+                "proxy_generation.wasm_plugins.plugin_directory",
+                format!(
+                    "cannot read plugin directory {}: {error}; create it, or build the \
+                     example plugins with `cargo build`",
+                    directory.display()
+                ),
+            )),
+        }
+    }
+
+    /// Validates, instantiates and initialises one plugin file.
+    fn instantiate_file(&self, path: &Path) -> Result<PluginSlot> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::config("wasm plugins are disabled"))?;
+        let stamp = file_stamp(path).map_err(|error| Error::io(path, error))?;
+        let bytes = std::fs::read(path).map_err(|error| Error::io(path, error))?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let instance = runtime.load(&bytes, &stem, &self.config.plugin_settings())?;
+        let mut slot = PluginSlot::new(instance, path.to_path_buf());
+        slot.stamp = stamp;
+        Ok(slot)
+    }
+
+    /// Loads a file that is not loaded yet; a failure is reported and kept.
+    fn load_file(&mut self, path: PathBuf) {
+        let loaded = self.instantiate_file(&path).and_then(|slot| {
+            let name = slot.name().to_string();
+            match self.plugins.iter().any(|other| other.name() == name) {
+                true => Err(Error::config(format!(
+                    "a plugin named `{name}` is already loaded"
+                ))),
+                false => Ok(slot),
             }
-        };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
-            .collect();
-        files.sort();
-        let all_settings: PluginSettings = self.config.plugin_settings();
-        for path in files {
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let loaded = std::fs::read(&path)
-                .map_err(|error| Error::io(&path, error))
-                .and_then(|bytes| runtime.load(&bytes, &stem, &all_settings));
-            match loaded {
-                Ok(instance) => {
-                    let name = instance.info().name.to_string();
-                    if self.plugins.iter().any(|slot| slot.name() == name) {
-                        self.load_errors.push(format!(
-                            "{}: a plugin named `{name}` is already loaded",
-                            path.display()
-                        ));
-                        continue;
-                    }
-                    log::info!(
-                        "loaded plugin `{name}` {} from {}",
-                        instance.info().version,
-                        path.display()
+        });
+        match loaded {
+            Ok(slot) => {
+                log::info!(
+                    "loaded plugin `{}` {} from {}",
+                    slot.name(),
+                    slot.instance.info().version,
+                    path.display()
+                );
+                self.failed_files.remove(&path);
+                self.plugins.push(slot);
+            }
+            Err(error) => self.record_load_failure(&path, &error),
+        }
+    }
+
+    fn record_load_failure(&mut self, path: &Path, error: &Error) {
+        log::warn!("plugin {} not loaded: {error}", path.display());
+        self.load_errors
+            .push(format!("{}: {error}", path.display()));
+        if let Some(stem) = path.file_stem() {
+            self.failed_plugin_names
+                .insert(stem.to_string_lossy().into_owned());
+        }
+        if let Ok(stamp) = file_stamp(path) {
+            self.failed_files.insert(path.to_path_buf(), stamp);
+        }
+    }
+
+    /// Hot reload (`enable_hot_reload`): picks up plugin files that changed,
+    /// appeared or disappeared since the last run. A changed file is fully
+    /// validated before it replaces the running version; a broken one leaves
+    /// the old version in place and says why. Runs only between pipeline
+    /// runs, so no run mixes versions. A replaced plugin starts with fresh
+    /// health counters.
+    pub fn reload_changed_plugins(&mut self) {
+        let directory = self
+            .config
+            .proxy_generation
+            .wasm_plugins
+            .plugin_directory
+            .clone();
+        if self.runtime.is_none() {
+            return;
+        }
+        let mut index = 0;
+        while index < self.plugins.len() {
+            let path = self.plugins[index].path.clone();
+            match file_stamp(&path) {
+                Err(_) => {
+                    log::warn!(
+                        "plugin file {} was removed: unloading `{}`",
+                        path.display(),
+                        self.plugins[index].name()
                     );
-                    self.plugins.push(PluginSlot::new(instance, path));
+                    self.plugins.remove(index);
+                    continue;
                 }
-                Err(error) => {
-                    log::warn!("plugin {} not loaded: {error}", path.display());
-                    self.load_errors
-                        .push(format!("{}: {error}", path.display()));
-                    self.failed_plugin_names.insert(stem);
+                Ok(stamp) if stamp != self.plugins[index].stamp => {
+                    match self.instantiate_file(&path) {
+                        Ok(slot) => {
+                            log::info!(
+                                "reloaded plugin `{}` {} from {}",
+                                slot.name(),
+                                slot.instance.info().version,
+                                path.display()
+                            );
+                            self.plugins[index] = slot;
+                        }
+                        Err(error) => {
+                            log::warn!(
+                                "changed plugin {} is refused, `{}` keeps running the \
+                                 previous version: {error}",
+                                path.display(),
+                                self.plugins[index].name()
+                            );
+                            self.load_errors.push(format!(
+                                "{}: {error} (previous version kept)",
+                                path.display()
+                            ));
+                            // Do not retry this exact file on every run.
+                            self.plugins[index].stamp = stamp;
+                        }
+                    }
                 }
+                Ok(_) => {}
+            }
+            index += 1;
+        }
+        let Ok(files) = plugin_files(&directory) else {
+            return;
+        };
+        for path in files {
+            let known = self.plugins.iter().any(|slot| slot.path == path);
+            let failed_unchanged = self
+                .failed_files
+                .get(&path)
+                .is_some_and(|stamp| file_stamp(&path).is_ok_and(|now| now == *stamp));
+            if !known && !failed_unchanged {
+                self.load_file(path);
             }
         }
-        Ok(())
     }
 
     fn check_strategy_names(&self) -> Result<()> {
@@ -475,6 +575,9 @@ impl Pipeline {
     /// I/O errors, or a plugin failure when `enable_fallbacks = false`.
     pub fn run(&mut self, sources: Vec<Source>, sink: &mut dyn ChannelSink) -> Result<RunStats> {
         let started = Instant::now();
+        if self.config.proxy_generation.wasm_plugins.enable_hot_reload {
+            self.reload_changed_plugins();
+        }
         let level = self.monitor.level();
         let snapshot = self.monitor.snapshot().ok();
         let plans = self.plan(level);
@@ -519,10 +622,18 @@ impl Pipeline {
             run.plans[4].chain[0] == Candidate::Native(NativeStrategy::SortedWriter);
 
         let batch_size = self.config.pipeline.batch_size;
+        let loading_started = Instant::now();
         let mut loader = Loader::new(sources, in_memory_source)?;
+        let mut loading_time = loading_started.elapsed();
         let mut begun = false;
         let mut next_id = 1u64;
-        while let Some(mut batch) = loader.next_batch(batch_size, &mut next_id)? {
+        loop {
+            let batch_started = Instant::now();
+            let next = loader.next_batch(batch_size, &mut next_id)?;
+            loading_time += batch_started.elapsed();
+            let Some(mut batch) = next else {
+                break;
+            };
             if !begun {
                 // The header of the first source is known once it has been
                 // read; headers of later sources are merged when known by now.
@@ -542,6 +653,7 @@ impl Pipeline {
             self.finish_batch(&mut run, batch, sorted_output, sink)?;
         }
         run.stats.malformed_entries = loader.malformed;
+        run.stats.stages[0].time_ms += loading_time.as_secs_f64() * 1e3;
         if !begun {
             sink.begin(&loader.header)?;
         }
@@ -852,4 +964,22 @@ fn merge_header(into: &mut PlaylistHeader, from: &PlaylistHeader) {
             into.attributes.push((name.clone(), value.clone()));
         }
     }
+}
+
+/// What identifies one version of a plugin file: modification time and size.
+pub type FileStamp = (Option<std::time::SystemTime>, u64);
+
+fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.modified().ok(), metadata.len()))
+}
+
+/// The `*.wasm` files of a directory, sorted.
+fn plugin_files(directory: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(directory)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .collect();
+    files.sort();
+    Ok(files)
 }

@@ -26,12 +26,14 @@ pub struct PluginSlot {
     pub disabled: bool,
     /// Last failure, for the summary.
     pub last_error: Option<String>,
+    /// Version of the file this instance was loaded from (hot reload).
+    pub(crate) stamp: super::FileStamp,
     /// Reusable encode buffer, as large as the plugin's arena.
     buffer: Vec<u8>,
 }
 
 impl PluginSlot {
-    /// Wraps an instance.
+    /// Wraps an instance loaded from `path`.
     pub fn new(instance: PluginInstance, path: std::path::PathBuf) -> Self {
         // Input gets half the arena, so the plugin's answer has room beside it.
         let capacity = instance.arena_capacity() as usize / 2;
@@ -41,6 +43,7 @@ impl PluginSlot {
             failures: 0,
             disabled: false,
             last_error: None,
+            stamp: (None, 0),
             buffer: vec![0; capacity],
         }
     }
