@@ -48,6 +48,42 @@ pub struct Config {
     /// Per-plugin settings, `[plugins.<name>]`, passed to `get_config`.
     #[serde(default)]
     pub plugins: BTreeMap<String, BTreeMap<String, ConfigValue>>,
+    /// The long-running `serve` mode.
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: the HTTP server of `m3u-plugin-host serve`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on (loopback by default).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Regenerate at least this often, in seconds (0 = only on changes).
+    #[serde(default)]
+    pub regenerate_interval_seconds: u64,
+    /// How often sources and plugin files are checked for changes, in ms.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval_ms: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: default_listen(),
+            regenerate_interval_seconds: 0,
+            watch_interval_ms: default_watch_interval(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_watch_interval() -> u64 {
+    1000
 }
 
 /// Identity of the generated proxy (sent to plugins in the stage context).
@@ -382,6 +418,12 @@ pub struct Security {
     /// The only host functions the linker defines.
     #[serde(default = "default_allowed")]
     pub allowed_host_functions: Vec<String>,
+    /// Ed25519 public keys (64 hex digits each) whose signatures are trusted.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Refuse plugins without a valid signature by a trusted key.
+    #[serde(default)]
+    pub require_signatures: bool,
 }
 
 impl Default for Security {
@@ -390,6 +432,8 @@ impl Default for Security {
             allow_network_access: false,
             allow_file_system_access: false,
             allowed_host_functions: default_allowed(),
+            trusted_keys: Vec::new(),
+            require_signatures: false,
         }
     }
 }
@@ -446,9 +490,13 @@ pub struct Fallbacks {
     /// Wall-clock limit of a plugin call made as a fallback.
     #[serde(default = "default_fallback_timeout")]
     pub fallback_timeout_ms: u64,
-    /// Failures after which a plugin is switched off for the run.
+    /// Consecutive failures after which a plugin is switched off (circuit open).
     #[serde(default = "default_max_failures")]
     pub max_plugin_failures: u32,
+    /// Seconds after which a switched-off plugin is tried again (0 = only
+    /// after its file is reloaded).
+    #[serde(default = "default_circuit_reset")]
+    pub circuit_reset_seconds: u64,
 }
 
 impl Default for Fallbacks {
@@ -457,8 +505,13 @@ impl Default for Fallbacks {
             enable_fallbacks: true,
             fallback_timeout_ms: default_fallback_timeout(),
             max_plugin_failures: default_max_failures(),
+            circuit_reset_seconds: default_circuit_reset(),
         }
     }
+}
+
+fn default_circuit_reset() -> u64 {
+    300
 }
 
 fn default_fallback_timeout() -> u64 {
@@ -622,6 +675,23 @@ impl Config {
                     ),
                 ));
             }
+        }
+        for key in &plugins.security.trusted_keys {
+            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::config_key(
+                    "proxy_generation.wasm_plugins.security.trusted_keys",
+                    format!(
+                        "`{key}` is not an ed25519 public key: expected 64 hex digits, as \
+                         printed by `m3u-plugin-host keygen`"
+                    ),
+                ));
+            }
+        }
+        if plugins.security.require_signatures && plugins.security.trusted_keys.is_empty() {
+            return Err(Error::config_key(
+                "proxy_generation.wasm_plugins.security.require_signatures",
+                "require_signatures = true needs at least one key in trusted_keys",
+            ));
         }
         for (index, filter) in self.filtering.filters.iter().enumerate() {
             crate::native::filter::FilterExpr::parse(&filter.expression).map_err(|error| {

@@ -90,6 +90,14 @@ pub enum ErrorKind {
         /// Failures counted.
         failures: u32,
     },
+    /// A plugin's signature is missing (when required), malformed, made by
+    /// an untrusted key, or does not match the module bytes.
+    Signature {
+        /// The plugin file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// The configuration is wrong.
     Config {
         /// File the error is in, if it came from a file.
@@ -214,6 +222,7 @@ impl Error {
             ErrorKind::ArenaOverflow { .. } => "arena_overflow",
             ErrorKind::InvalidModule(_) => "invalid_module",
             ErrorKind::PluginDisabled { .. } => "disabled",
+            ErrorKind::Signature { .. } => "signature",
             ErrorKind::Config { .. } => "config",
             ErrorKind::Rule { .. } => "rule",
             ErrorKind::M3u { .. } => "m3u",
@@ -327,6 +336,9 @@ impl fmt::Display for Error {
                 "plugin `{name}` is switched off after {failures} failures \
                  (`max_plugin_failures`); reload it to try again"
             ),
+            ErrorKind::Signature { path, reason } => {
+                write!(f, "signature check of {} failed: {reason}", path.display())
+            }
             ErrorKind::Config {
                 path,
                 location,

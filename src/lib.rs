@@ -36,6 +36,8 @@ pub mod memory;
 pub mod native;
 pub mod pipeline;
 pub mod runtime;
+pub mod serve;
+pub mod signing;
 
 pub use error::{Error, ErrorKind, Result};
 pub use m3u_proxy_plugin_abi as abi;

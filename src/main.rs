@@ -46,6 +46,24 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Serve the playlist over HTTP, regenerating it when sources or plugins change.
+    Serve {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Input playlist(s); replaces the config's [[sources]].
+        #[arg(long, short)]
+        input: Vec<PathBuf>,
+        /// Address to listen on; replaces `[serve] listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Create an ed25519 key pair for signing plugins.
+    Keygen {
+        /// Where to write the secret key (refuses to overwrite).
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Plugin tools.
     Plugins {
         #[command(subcommand)]
@@ -55,6 +73,31 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Load every plugin of the config's plugin_directory and list them.
+    List {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a plugin: writes `<file>.sig` beside it.
+    Sign {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Secret key file from `keygen`.
+        #[arg(long, short)]
+        key: PathBuf,
+    },
+    /// Check a plugin's signature against the config's trusted_keys.
+    Verify {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// The TOML configuration with trusted_keys.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a plugin and show its info, imports and exports.
     Inspect {
         /// The `.wasm` file.
@@ -98,7 +141,131 @@ fn run_cli(cli: Cli) -> Result<()> {
         Command::Plugins {
             command: PluginCommand::Inspect { file, config, json },
         } => inspect(&file, config.as_deref(), json),
+        Command::Plugins {
+            command: PluginCommand::List { config, json },
+        } => list(&config, json),
+        Command::Plugins {
+            command: PluginCommand::Sign { file, key },
+        } => {
+            let signature = m3u_plugin_host::signing::sign_file(&file, &key)?;
+            println!("wrote {}", signature.display());
+            Ok(())
+        }
+        Command::Plugins {
+            command: PluginCommand::Verify { file, config },
+        } => {
+            let config = Config::from_file(&config)?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let security = &config.proxy_generation.wasm_plugins.security;
+            match m3u_plugin_host::signing::check_plugin(&bytes, &file, security)? {
+                m3u_plugin_host::signing::SignatureState::Signed { key } => {
+                    println!("{}: valid signature by trusted key {key}", file.display())
+                }
+                m3u_plugin_host::signing::SignatureState::Unsigned => {
+                    println!(
+                        "{}: unsigned (allowed: require_signatures = false)",
+                        file.display()
+                    )
+                }
+            }
+            Ok(())
+        }
+        Command::Keygen { out } => {
+            let public = m3u_plugin_host::signing::write_keypair(&out)?;
+            println!("secret key written to {}", out.display());
+            println!("public key (add it to trusted_keys): {public}");
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            input,
+            listen,
+        } => {
+            let config = Config::from_file(&config)?;
+            let mut options = m3u_plugin_host::serve::ServeOptions::from_config(&config);
+            options.inputs = input;
+            if let Some(listen) = listen {
+                options.listen = listen;
+            }
+            m3u_plugin_host::serve::serve_forever(config, options)?;
+            Ok(())
+        }
     }
+}
+
+fn list(config_path: &Path, json: bool) -> Result<()> {
+    let config = Config::from_file(config_path)?;
+    let pipeline = Pipeline::new(config)?;
+    let plugins: Vec<serde_json::Value> = pipeline
+        .plugins()
+        .iter()
+        .map(|slot| {
+            let info = slot.instance.info();
+            let stats = slot.total_stats();
+            serde_json::json!({
+                "name": info.name,
+                "version": info.version,
+                "file": slot.path.display().to_string(),
+                "stages": stage_names(info),
+                "min_memory_bytes": info.memory.min_bytes,
+                "recommended_memory_bytes": info.memory.recommended_bytes,
+                "max_pressure": info.memory.max_pressure.name(),
+                "signature": slot.signature.label(),
+                "circuit_open": slot.disabled,
+                "calls": stats.calls,
+                "fuel": stats.fuel_consumed,
+                "failures": slot.failures,
+                "last_error": slot.last_error,
+            })
+        })
+        .collect();
+    if json {
+        let report = serde_json::json!({
+            "plugins": plugins,
+            "not_loaded": pipeline.load_errors(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for plugin in &plugins {
+        println!(
+            "{} {}  stages: {}  memory: {} B min, {} B recommended, up to {} pressure  \
+             signature: {}  health: {} (init fuel {})",
+            plugin["name"].as_str().unwrap_or_default(),
+            plugin["version"].as_str().unwrap_or_default(),
+            plugin["stages"]
+                .as_array()
+                .map(|s| s
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default(),
+            plugin["min_memory_bytes"],
+            plugin["recommended_memory_bytes"],
+            plugin["max_pressure"].as_str().unwrap_or_default(),
+            plugin["signature"].as_str().unwrap_or_default(),
+            if plugin["circuit_open"] == true {
+                "switched off"
+            } else {
+                "ok"
+            },
+            plugin["fuel"],
+        );
+    }
+    for error in pipeline.load_errors() {
+        println!("not loaded: {error}");
+    }
+    Ok(())
+}
+
+fn stage_names(info: &m3u_plugin_host::abi::PluginInfo<'_>) -> Vec<&'static str> {
+    m3u_plugin_host::abi::Stage::ALL
+        .iter()
+        .filter(|stage| info.supports(**stage))
+        .map(|stage| stage.name())
+        .collect()
 }
 
 fn run(
@@ -179,7 +346,7 @@ fn write_atomically<T>(
 }
 
 fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
-    let (limits, allowed, settings) = match config_path {
+    let (limits, allowed, settings, security) = match config_path {
         Some(path) => {
             let config = Config::from_file(path)?;
             let plugins = &config.proxy_generation.wasm_plugins;
@@ -187,6 +354,7 @@ fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
                 plugins.runtime_limits(),
                 plugins.security.allowed_host_functions.clone(),
                 config.plugin_settings(),
+                plugins.security.clone(),
             )
         }
         None => (
@@ -195,10 +363,15 @@ fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
                 .map(String::from)
                 .to_vec(),
             PluginSettings::new(),
+            m3u_plugin_host::config::Security::default(),
         ),
     };
     let runtime = PluginRuntime::new(limits, &allowed)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let signature = match m3u_plugin_host::signing::check_plugin(&bytes, file, &security) {
+        Ok(state) => state.label().to_string(),
+        Err(error) => format!("refused: {error}"),
+    };
     let compiled = runtime
         .compile(&bytes)
         .with_context(|| format!("validating {}", file.display()))?;
@@ -210,11 +383,7 @@ fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
         .instantiate(&compiled, &stem, &settings)
         .with_context(|| format!("instantiating {}", file.display()))?;
     let info = instance.info();
-    let stages: Vec<&str> = m3u_plugin_host::abi::Stage::ALL
-        .iter()
-        .filter(|stage| info.supports(**stage))
-        .map(|stage| stage.name())
-        .collect();
+    let stages = stage_names(info);
     let reads: Vec<&str> = m3u_plugin_host::abi::Field::ALL
         .iter()
         .filter(|field| info.reads.contains(**field))
@@ -223,6 +392,7 @@ fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
     let report = serde_json::json!({
         "file": file.display().to_string(),
         "size_bytes": compiled.size_bytes(),
+        "signature": signature,
         "abi_version": m3u_plugin_host::abi::ABI_VERSION,
         "name": info.name,
         "version": info.version,
@@ -247,6 +417,7 @@ fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
             compiled.size_bytes()
         );
         println!("  abi version: {}", m3u_plugin_host::abi::ABI_VERSION);
+        println!("  signature:   {signature}");
         println!("  stages:      {}", stages.join(", "));
         println!(
             "  reads:       {}",

@@ -25,7 +25,7 @@ use crate::native::filter::{FilterAction, FilterRule, FilterSet};
 use crate::native::mapping::Mapper;
 use crate::native::numbering::{number_in_memory, ChannelNumberer};
 use crate::runtime::PluginRuntime;
-use crate::{Error, OwnedChannel, Result};
+use crate::{Error, ErrorKind, OwnedChannel, Result};
 
 pub use plugin_stage::PluginSlot;
 pub use stats::{PluginStats, RunStats, StageStats};
@@ -166,7 +166,8 @@ pub struct Pipeline {
     runtime: Option<PluginRuntime>,
     plugins: Vec<PluginSlot>,
     failed_files: HashMap<PathBuf, FileStamp>,
-    load_errors: Vec<String>,
+    /// Plugin files whose current version is not loaded, and why.
+    load_problems: std::collections::BTreeMap<PathBuf, String>,
     failed_plugin_names: HashSet<String>,
     mapper: Mapper,
     filters: FilterSet,
@@ -177,7 +178,7 @@ impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
             .field("plugins", &self.plugins)
-            .field("load_errors", &self.load_errors)
+            .field("load_problems", &self.load_problems)
             .finish_non_exhaustive()
     }
 }
@@ -210,7 +211,7 @@ impl Pipeline {
             runtime: None,
             plugins: Vec::new(),
             failed_files: HashMap::new(),
-            load_errors: Vec::new(),
+            load_problems: std::collections::BTreeMap::new(),
             failed_plugin_names: HashSet::new(),
             mapper,
             filters,
@@ -237,8 +238,15 @@ impl Pipeline {
     }
 
     /// Plugins that failed to load, with path and cause.
-    pub fn load_errors(&self) -> &[String] {
-        &self.load_errors
+    /// Each plugin file whose current version is not in use, as
+    /// `"<path>: <cause>"`: it failed to load, or a changed version was
+    /// refused and the previous one keeps running. A problem goes away when
+    /// the file loads or is removed.
+    pub fn load_errors(&self) -> Vec<String> {
+        self.load_problems
+            .iter()
+            .map(|(path, cause)| format!("{}: {cause}", path.display()))
+            .collect()
     }
 
     fn load_plugins(&mut self) -> Result<()> {
@@ -294,13 +302,21 @@ impl Pipeline {
             .ok_or_else(|| Error::config("wasm plugins are disabled"))?;
         let stamp = file_stamp(path).map_err(|error| Error::io(path, error))?;
         let bytes = std::fs::read(path).map_err(|error| Error::io(path, error))?;
+        let signature = crate::signing::check_plugin(
+            &bytes,
+            path,
+            &self.config.proxy_generation.wasm_plugins.security,
+        )?;
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let instance = runtime.load(&bytes, &stem, &self.config.plugin_settings())?;
+        let compiled = runtime.compile(&bytes)?;
+        let instance = runtime.instantiate(&compiled, &stem, &self.config.plugin_settings())?;
         let mut slot = PluginSlot::new(instance, path.to_path_buf());
         slot.stamp = stamp;
+        slot.signature = signature;
+        slot.compiled = Some(compiled);
         Ok(slot)
     }
 
@@ -324,6 +340,7 @@ impl Pipeline {
                     path.display()
                 );
                 self.failed_files.remove(&path);
+                self.load_problems.remove(&path);
                 self.plugins.push(slot);
             }
             Err(error) => self.record_load_failure(&path, &error),
@@ -332,14 +349,41 @@ impl Pipeline {
 
     fn record_load_failure(&mut self, path: &Path, error: &Error) {
         log::warn!("plugin {} not loaded: {error}", path.display());
-        self.load_errors
-            .push(format!("{}: {error}", path.display()));
+        self.load_problems
+            .insert(path.to_path_buf(), error.to_string());
         if let Some(stem) = path.file_stem() {
             self.failed_plugin_names
                 .insert(stem.to_string_lossy().into_owned());
         }
         if let Ok(stamp) = file_stamp(path) {
             self.failed_files.insert(path.to_path_buf(), stamp);
+        }
+    }
+
+    /// Replaces a plugin's instance with a fresh one from its compiled module
+    /// (its memory may be inconsistent after an aborted call). If that fails,
+    /// the plugin is switched off.
+    fn respawn(&mut self, index: usize) {
+        let settings = self.config.plugin_settings();
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        let slot = &mut self.plugins[index];
+        let stem = slot.name().to_string();
+        let fresh = match &slot.compiled {
+            Some(compiled) => runtime.instantiate(compiled, &stem, &settings),
+            None => return,
+        };
+        match fresh {
+            Ok(instance) => slot.replace_instance(instance),
+            Err(error) => {
+                log::warn!(
+                    "plugin `{stem}` could not be re-instantiated, switching it off: {error}"
+                );
+                slot.disabled = true;
+                slot.disabled_since = Some(Instant::now());
+                slot.last_error = Some(error.to_string());
+            }
         }
     }
 
@@ -370,6 +414,7 @@ impl Pipeline {
                         self.plugins[index].name()
                     );
                     self.plugins.remove(index);
+                    self.load_problems.remove(&path);
                     continue;
                 }
                 Ok(stamp) if stamp != self.plugins[index].stamp => {
@@ -382,6 +427,7 @@ impl Pipeline {
                                 path.display()
                             );
                             self.plugins[index] = slot;
+                            self.load_problems.remove(&path);
                         }
                         Err(error) => {
                             log::warn!(
@@ -390,10 +436,8 @@ impl Pipeline {
                                 path.display(),
                                 self.plugins[index].name()
                             );
-                            self.load_errors.push(format!(
-                                "{}: {error} (previous version kept)",
-                                path.display()
-                            ));
+                            self.load_problems
+                                .insert(path.clone(), format!("{error} (previous version kept)"));
                             // Do not retry this exact file on every run.
                             self.plugins[index].stamp = stamp;
                         }
@@ -406,7 +450,10 @@ impl Pipeline {
         let Ok(files) = plugin_files(&directory) else {
             return;
         };
-        for path in files {
+        // Problems of files that are gone are gone too.
+        self.load_problems.retain(|path, _| files.contains(path));
+        self.failed_files.retain(|path, _| files.contains(path));
+        for path in files.iter().cloned() {
             let known = self.plugins.iter().any(|slot| slot.path == path);
             let failed_unchanged = self
                 .failed_files
@@ -505,7 +552,17 @@ impl Pipeline {
                 skipped.push(format!("{name} (not loaded)"));
                 continue;
             };
+            let back_off = Duration::from_secs(
+                self.config
+                    .proxy_generation
+                    .wasm_plugins
+                    .fallbacks
+                    .circuit_reset_seconds,
+            );
             let slot = &mut self.plugins[index];
+            if slot.maybe_close_circuit(back_off) {
+                log::info!("plugin `{name}`: back-off over, trying it again");
+            }
             if slot.disabled {
                 skipped.push(format!(
                     "{name} (switched off after {} failures)",
@@ -520,8 +577,13 @@ impl Pipeline {
                         skipped.push(format!("{name} (declines pressure {})", level.name()))
                     }
                     Err(error) => {
-                        slot.failures += 1;
-                        slot.last_error = Some(error.to_string());
+                        let max_failures = self
+                            .config
+                            .proxy_generation
+                            .wasm_plugins
+                            .fallbacks
+                            .max_plugin_failures;
+                        slot.record_failure(&error, max_failures);
                         skipped.push(format!("{name} (failed its pressure check: {error})"));
                     }
                 }
@@ -593,7 +655,7 @@ impl Pipeline {
                         ..StageStats::default()
                     })
                     .collect(),
-                plugin_load_errors: self.load_errors.clone(),
+                plugin_load_errors: self.load_errors(),
                 ..RunStats::default()
             },
             context: StageContext {
@@ -611,7 +673,10 @@ impl Pipeline {
         let plugin_baseline: Vec<(u64, u64)> = self
             .plugins
             .iter()
-            .map(|p| (p.instance.stats().calls, p.instance.stats().fuel_consumed))
+            .map(|p| {
+                let stats = p.total_stats();
+                (stats.calls, stats.fuel_consumed)
+            })
             .collect();
 
         let in_memory_source =
@@ -689,7 +754,7 @@ impl Pipeline {
 
         let mut stats = run.stats;
         for (slot, (calls_before, fuel_before)) in self.plugins.iter().zip(plugin_baseline) {
-            let instance_stats = slot.instance.stats();
+            let instance_stats = slot.total_stats();
             let fuel = instance_stats.fuel_consumed - fuel_before;
             stats.fuel_consumed += fuel;
             stats.plugins.push(PluginStats {
@@ -698,6 +763,13 @@ impl Pipeline {
                 calls: instance_stats.calls - calls_before,
                 fuel,
                 failures: slot.failures,
+                failures_by_kind: slot
+                    .failures_by_kind
+                    .iter()
+                    .map(|(kind, count)| (kind.to_string(), *count))
+                    .collect(),
+                bytes_in: instance_stats.bytes_in,
+                bytes_out: instance_stats.bytes_out,
                 disabled: slot.disabled,
                 last_error: slot.last_error.clone(),
                 time_us: instance_stats.time.as_micros() as u64,
@@ -775,12 +847,11 @@ impl Pipeline {
                     run.stats.plugin_calls += 1;
                     match slot.run(stage, &run.context, batch) {
                         Ok(()) => {
+                            slot.record_success();
                             used = Some(slot.name().to_string());
                             break;
                         }
                         Err(error) if error.is_plugin_failure() => {
-                            slot.failures += 1;
-                            slot.last_error = Some(error.to_string());
                             run.stats.plugin_failures += 1;
                             log::warn!(
                                 "plugin `{}` failed on batch {} of {}: {error}",
@@ -788,14 +859,16 @@ impl Pipeline {
                                 run.context.batch_index,
                                 stage.name()
                             );
-                            if slot.failures >= max_failures {
-                                slot.disabled = true;
+                            if slot.record_failure(&error, max_failures) {
                                 log::warn!(
                                     "plugin `{}` switched off after {} failures \
                                      (max_plugin_failures)",
                                     slot.name(),
                                     slot.failures
                                 );
+                            }
+                            if aborted_mid_call(&error) {
+                                self.respawn(index);
                             }
                             if !enable_fallbacks {
                                 return Err(error);
@@ -966,12 +1039,24 @@ fn merge_header(into: &mut PlaylistHeader, from: &PlaylistHeader) {
     }
 }
 
-/// What identifies one version of a plugin file: modification time and size.
+/// What identifies one version of a plugin: modification time and size of
+/// the module, and of its detached signature if it has one.
 pub type FileStamp = (Option<std::time::SystemTime>, u64);
 
 fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
     let metadata = std::fs::metadata(path)?;
-    Ok((metadata.modified().ok(), metadata.len()))
+    let signature = std::fs::metadata(crate::signing::signature_path(path)).ok();
+    let newest = match (
+        metadata.modified().ok(),
+        signature.as_ref().and_then(|s| s.modified().ok()),
+    ) {
+        (Some(module), Some(sig)) => Some(module.max(sig)),
+        (module, sig) => module.or(sig),
+    };
+    Ok((
+        newest,
+        metadata.len() + signature.map_or(0, |s| s.len() + 1),
+    ))
 }
 
 /// The `*.wasm` files of a directory, sorted.
@@ -982,4 +1067,17 @@ fn plugin_files(directory: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Failures that stop guest code in the middle of its work, possibly with
+/// its heap half-updated: the instance is replaced before its next call.
+fn aborted_mid_call(error: &Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Trap { .. }
+            | ErrorKind::OutOfFuel { .. }
+            | ErrorKind::Timeout { .. }
+            | ErrorKind::MemoryLimit { .. }
+            | ErrorKind::ArenaOverflow { .. }
+    )
 }

@@ -13,21 +13,39 @@ use m3u_proxy_plugin_abi::{
 use crate::runtime::PluginInstance;
 use crate::{Error, OwnedChannel, Result};
 
-/// A loaded plugin and its health during a run.
+/// A loaded plugin and its health.
+///
+/// The circuit opens (`disabled`) after `max_plugin_failures` failures; it
+/// closes again when the file is reloaded or, with `circuit_reset_seconds`,
+/// after that back-off. A plugin that trapped, ran out of fuel or time, or hit
+/// its memory limit is re-instantiated from its compiled module before its
+/// next call, since its memory may be left mid-update.
 #[derive(Debug)]
 pub struct PluginSlot {
     /// The instance.
     pub instance: PluginInstance,
     /// Path it was loaded from.
     pub path: std::path::PathBuf,
-    /// Failures so far.
+    /// Failures since the circuit last closed.
     pub failures: u32,
-    /// Switched off after too many failures.
+    /// Failures in a row (reset by a success).
+    pub consecutive_failures: u32,
+    /// Failures over the slot's life, by error kind (`Error::label`).
+    pub failures_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Circuit open: switched off after too many failures.
     pub disabled: bool,
+    /// When the circuit opened.
+    pub disabled_since: Option<std::time::Instant>,
     /// Last failure, for the summary.
     pub last_error: Option<String>,
+    /// Whether the file was signed by a trusted key.
+    pub signature: crate::signing::SignatureState,
     /// Version of the file this instance was loaded from (hot reload).
     pub(crate) stamp: super::FileStamp,
+    /// The compiled module, to re-instantiate after a fatal failure.
+    pub(crate) compiled: Option<crate::runtime::CompiledPlugin>,
+    /// Counters of instances this slot has replaced.
+    retired: crate::runtime::CallStats,
     /// Reusable encode buffer, as large as the plugin's arena.
     buffer: Vec<u8>,
 }
@@ -41,11 +59,79 @@ impl PluginSlot {
             instance,
             path,
             failures: 0,
+            consecutive_failures: 0,
+            failures_by_kind: std::collections::BTreeMap::new(),
             disabled: false,
+            disabled_since: None,
             last_error: None,
+            signature: crate::signing::SignatureState::Unsigned,
             stamp: (None, 0),
+            compiled: None,
+            retired: crate::runtime::CallStats::default(),
             buffer: vec![0; capacity],
         }
+    }
+
+    /// Counters over every instance this slot has run (survives re-instantiation).
+    pub fn total_stats(&self) -> crate::runtime::CallStats {
+        let current = self.instance.stats();
+        let retired = &self.retired;
+        crate::runtime::CallStats {
+            calls: retired.calls + current.calls,
+            fuel_consumed: retired.fuel_consumed + current.fuel_consumed,
+            last_call_fuel: current.last_call_fuel,
+            time: retired.time + current.time,
+            bytes_in: retired.bytes_in + current.bytes_in,
+            bytes_out: retired.bytes_out + current.bytes_out,
+            log_lines_dropped: retired.log_lines_dropped + current.log_lines_dropped,
+        }
+    }
+
+    /// Records a success: the failure streak ends.
+    pub(crate) fn record_success(&mut self) {
+        self.consecutive_failures = 0;
+    }
+
+    /// Records a failure; returns true if it opened the circuit.
+    pub(crate) fn record_failure(&mut self, error: &Error, max_failures: u32) -> bool {
+        self.failures += 1;
+        self.consecutive_failures += 1;
+        *self.failures_by_kind.entry(error.label()).or_default() += 1;
+        self.last_error = Some(error.to_string());
+        if !self.disabled && self.failures >= max_failures {
+            self.disabled = true;
+            self.disabled_since = Some(std::time::Instant::now());
+            return true;
+        }
+        false
+    }
+
+    /// Closes the circuit if it has been open for at least `back_off`
+    /// (zero = never by time). Returns true if it closed.
+    pub(crate) fn maybe_close_circuit(&mut self, back_off: std::time::Duration) -> bool {
+        let expired = self
+            .disabled_since
+            .is_some_and(|since| !back_off.is_zero() && since.elapsed() >= back_off);
+        if self.disabled && expired {
+            self.disabled = false;
+            self.disabled_since = None;
+            self.failures = 0;
+            self.consecutive_failures = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Swaps in a fresh instance, keeping the counters of the old one.
+    pub(crate) fn replace_instance(&mut self, instance: PluginInstance) {
+        let old = std::mem::replace(&mut self.instance, instance);
+        let stats = old.stats();
+        self.retired.calls += stats.calls;
+        self.retired.fuel_consumed += stats.fuel_consumed;
+        self.retired.time += stats.time;
+        self.retired.bytes_in += stats.bytes_in;
+        self.retired.bytes_out += stats.bytes_out;
+        self.retired.log_lines_dropped += stats.log_lines_dropped;
     }
 
     /// The plugin's name.

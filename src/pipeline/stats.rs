@@ -45,8 +45,14 @@ pub struct PluginStats {
     pub calls: u64,
     /// Fuel consumed.
     pub fuel: u64,
-    /// Failed batches.
+    /// Failures since the circuit last closed.
     pub failures: u32,
+    /// Failures over the plugin's life, by kind.
+    pub failures_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Bytes sent to the plugin.
+    pub bytes_in: u64,
+    /// Bytes received from it.
+    pub bytes_out: u64,
     /// Switched off during the run.
     pub disabled: bool,
     /// Last error, if any.

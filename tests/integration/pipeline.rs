@@ -341,18 +341,24 @@ fn hot_reload_swaps_changed_plugins_between_runs_and_keeps_the_old_one_on_a_bad_
     let mapper = dir.join("mapper.wasm");
     let built = |name: &str| Path::new(env!("M3U_EXAMPLE_PLUGIN_DIR")).join(format!("{name}.wasm"));
     std::fs::copy(built("group_normalizer"), &mapper).unwrap();
-    let extra = "[proxy_generation.wasm_plugins.strategies]\ndata_mapping = [\"group_normalizer\"]\n\
+    let extra =
+        "[proxy_generation.wasm_plugins.strategies]\ndata_mapping = [\"group_normalizer\"]\n\
                  [plugins.group_normalizer]\nempty_group = \"Other\"\n";
     let mut pipeline = Pipeline::new(config(&dir, extra)).unwrap();
     let playlist = "#EXTM3U\n#EXTINF:-1 group-title=\"\",A\nhttp://a\n";
-    let mut run = |pipeline: &mut Pipeline| {
+    let run = |pipeline: &mut Pipeline| {
         let source = Source::from_reader("t", std::io::Cursor::new(playlist.as_bytes().to_vec()));
         let (out, stats) = pipeline.run_collect(vec![source]).unwrap();
         (out[0].group_title.to_string(), stats)
     };
     let touch = |path: &Path, seconds: u64| {
         let time = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
-        std::fs::File::options().write(true).open(path).unwrap().set_modified(time).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
     };
     assert_eq!(run(&mut pipeline).0, "Other");
 
@@ -361,13 +367,22 @@ fn hot_reload_swaps_changed_plugins_between_runs_and_keeps_the_old_one_on_a_bad_
     touch(&mapper, 1_000);
     let (group, stats) = run(&mut pipeline);
     assert_eq!(group, "Other");
-    assert!(stats.plugin_load_errors.iter().any(|e| e.contains("previous version kept")), "{stats:?}");
+    assert!(
+        stats
+            .plugin_load_errors
+            .iter()
+            .any(|e| e.contains("previous version kept")),
+        "{stats:?}"
+    );
 
     // A valid replacement (another plugin) takes over on the next run.
     std::fs::copy(built("passthrough"), &mapper).unwrap();
     touch(&mapper, 2_000);
     let (group, stats) = run(&mut pipeline);
-    assert_eq!(group, "", "group_normalizer is gone, native mapping has no rules");
+    assert_eq!(
+        group, "",
+        "group_normalizer is gone, native mapping has no rules"
+    );
     assert_eq!(stats.stages[1].strategy, "native_mapping");
     assert_eq!(pipeline.plugins()[0].name(), "passthrough");
 
