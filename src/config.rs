@@ -523,7 +523,10 @@ fn default_max_failures() -> u32 {
 
 /// A plugin config value: strings, numbers and booleans reach the plugin as text.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "must be a string, integer, float or boolean: plugin settings reach the plugin as text"
+)]
 pub enum ConfigValue {
     /// A string.
     Text(String),
@@ -581,7 +584,10 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 
 fn deserialize_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
-    #[serde(untagged)]
+    #[serde(
+        untagged,
+        expecting = "must be a size: a number of bytes, or text such as \"64MB\" or \"64 MiB\""
+    )]
     enum Size {
         Bytes(u64),
         Text(String),

@@ -41,7 +41,7 @@
 //! says what is wrong and how to fix it.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -274,15 +274,22 @@ enum SigFileError {
 
 /// The signature file's text, `None` if there is none.
 fn read_signature_file(sig_path: &Path) -> Result<Option<String>, SigFileError> {
-    let bytes = match fs::read(sig_path) {
+    // Never more than one byte past the limit, whatever the file's size.
+    let read = fs::File::open(sig_path).and_then(|file| {
+        let mut bytes = Vec::new();
+        file.take(MAX_SIGNATURE_FILE_LEN + 1)
+            .read_to_end(&mut bytes)
+            .map(|_| bytes)
+    });
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(SigFileError::Io(error)),
     };
     if bytes.len() as u64 > MAX_SIGNATURE_FILE_LEN {
         return Err(SigFileError::Malformed(format!(
-            "it is {} bytes long; a signature file is one short line",
-            bytes.len()
+            "it is more than {MAX_SIGNATURE_FILE_LEN} bytes long; a signature file is one \
+             short line"
         )));
     }
     String::from_utf8(bytes)

@@ -171,6 +171,11 @@ impl<R: BufRead> M3uReader<R> {
             return None;
         }
         if !line.starts_with('#') {
+            // No URL holds control characters: this is binary junk that
+            // happens to be UTF-8 (NUL runs, a PNG header), not a channel.
+            if line.bytes().any(|b| b != b'\t' && b.is_ascii_control()) {
+                return self.handle_bad_line(raw, "line has control characters");
+            }
             return self.on_url(line);
         }
         if let Some(rest) = strip_prefix_ci(line, "#EXTINF") {
@@ -612,7 +617,8 @@ fn name_from_url(url: &str) -> &str {
         }
         None => base,
     };
-    match path.rsplit('/').next() {
+    // Trimmed like an `#EXTINF` title, so the name survives a write → read.
+    match path.rsplit('/').next().map(str::trim) {
         Some(segment) if !segment.is_empty() => segment,
         _ => url,
     }

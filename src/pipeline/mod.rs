@@ -301,7 +301,7 @@ impl Pipeline {
             .as_ref()
             .ok_or_else(|| Error::config("wasm plugins are disabled"))?;
         let stamp = file_stamp(path).map_err(|error| Error::io(path, error))?;
-        let bytes = std::fs::read(path).map_err(|error| Error::io(path, error))?;
+        let bytes = read_module(path, runtime.limits().max_module_bytes)?;
         let signature = crate::signing::check_plugin(
             &bytes,
             path,
@@ -1057,6 +1057,28 @@ fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
         newest,
         metadata.len() + signature.map_or(0, |s| s.len() + 1),
     ))
+}
+
+/// Reads a plugin file without ever holding more than `limit + 1` bytes of
+/// it: a larger file is refused from its size (a file that grows meanwhile
+/// is still cut there, and refused by `PluginRuntime::compile`).
+fn read_module(path: &Path, limit: usize) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).map_err(|error| Error::io(path, error))?;
+    let size = file
+        .metadata()
+        .map_err(|error| Error::io(path, error))?
+        .len();
+    if size > limit as u64 {
+        return Err(ErrorKind::InvalidModule(format!(
+            "module is {size} bytes, more than the limit of {limit} bytes"
+        ))
+        .into());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| Error::io(path, error))?;
+    Ok(bytes)
 }
 
 /// The `*.wasm` files of a directory, sorted.

@@ -1,5 +1,7 @@
+pub mod bad_input;
 pub mod cli;
 pub mod common;
+pub mod hostile;
 pub mod operations;
 pub mod pipeline;
 pub mod runtime;
