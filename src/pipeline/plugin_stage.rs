@@ -173,6 +173,7 @@ impl PluginSlot {
         let output = self
             .instance
             .execute_stage(stage, &self.buffer[..encoded_len])?;
+        check_answer_size(output, batch.len())?;
         let (answer, rest): (StageOutput<'_>, &[u8]) = postcard::take_from_bytes(output)
             .map_err(|error| Error::malformed(format!("output does not decode: {error}")))?;
         if !rest.is_empty() {
@@ -208,6 +209,32 @@ impl PluginSlot {
         };
         result
     }
+}
+
+/// Most patches one channel may receive in one answer.
+pub const MAX_PATCHES_PER_CHANNEL: usize = 64;
+
+/// Refuses, before decoding, an answer whose length prefix promises more
+/// channels or patches than the batch allows: decoding it first would let a
+/// plugin make the host allocate far more than the plugin wrote.
+fn check_answer_size(output: &[u8], batch_len: usize) -> Result<()> {
+    let Some((&variant, rest)) = output.split_first() else {
+        return Ok(()); // empty: the decoder reports it
+    };
+    let limit = match variant {
+        0 => batch_len,
+        2 => batch_len.saturating_mul(MAX_PATCHES_PER_CHANNEL),
+        _ => return Ok(()),
+    };
+    if let Ok((count, _)) = postcard::take_from_bytes::<u32>(rest) {
+        if count as usize > limit {
+            let what = if variant == 0 { "channels" } else { "patches" };
+            return Err(Error::malformed(format!(
+                "answer announces {count} {what} for a batch of {batch_len} (at most {limit})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks `answer` against `batch` and applies it; touches nothing on error.

@@ -198,9 +198,10 @@ impl PluginRuntime {
             )
             .into());
         }
+        // Before compiling: a module for another ABI costs no translation.
+        check_abi_version(wasm)?;
         let module = Module::new(&self.engine, wasm)
             .map_err(|error| ErrorKind::InvalidModule(error.to_string()))?;
-        check_abi_version(&module)?;
         self.check_imports(&module)?;
         check_exports(&module)?;
         Ok(CompiledPlugin {
@@ -291,14 +292,32 @@ impl PluginRuntime {
     }
 }
 
-fn check_abi_version(module: &Module) -> Result<()> {
-    let section = module
-        .custom_sections()
-        .find(|section| section.name() == ABI_VERSION_SECTION);
-    let found = match section.map(|s| s.data()) {
-        Some(&[a, b, c, d]) => Some(u32::from_le_bytes([a, b, c, d])),
-        Some(_) | None => None,
-    };
+/// Finds the ABI version custom section by walking the module's sections
+/// (id byte, LEB128 size) without compiling anything.
+fn check_abi_version(wasm: &[u8]) -> Result<()> {
+    let truncated = || Error::from(ErrorKind::InvalidModule("truncated section header".into()));
+    let mut found = None;
+    let mut at = 8; // magic + version
+    while at < wasm.len() {
+        let id = wasm[at];
+        let (size, after_size) = read_leb_u32(wasm, at + 1).ok_or_else(truncated)?;
+        let end = after_size
+            .checked_add(size as usize)
+            .filter(|end| *end <= wasm.len())
+            .ok_or_else(truncated)?;
+        if id == 0 {
+            let (name_len, name_start) = read_leb_u32(wasm, after_size).ok_or_else(truncated)?;
+            let name_end = name_start.saturating_add(name_len as usize);
+            if name_end <= end && &wasm[name_start..name_end] == ABI_VERSION_SECTION.as_bytes() {
+                found = match &wasm[name_end..end] {
+                    &[a, b, c, d] => Some(u32::from_le_bytes([a, b, c, d])),
+                    _ => None,
+                };
+                break;
+            }
+        }
+        at = end;
+    }
     if found != Some(ABI_VERSION) {
         return Err(ErrorKind::AbiVersionMismatch {
             found,
@@ -307,6 +326,20 @@ fn check_abi_version(module: &Module) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// An unsigned LEB128 `u32` at `at`; returns it and the offset after it.
+fn read_leb_u32(bytes: &[u8], mut at: usize) -> Option<(u32, usize)> {
+    let mut value: u32 = 0;
+    for shift in (0..35).step_by(7) {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        value |= u32::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some((value, at));
+        }
+    }
+    None
 }
 
 fn check_exports(module: &Module) -> Result<()> {

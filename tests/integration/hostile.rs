@@ -977,8 +977,7 @@ fn huge_module_and_signature_files_are_refused_without_being_read() {
 /// Known limitation (docs/SECURITY.md): output decoding amplifies memory.
 /// Not a pass/fail check; run with `--ignored --nocapture` to see the cost.
 #[test]
-#[ignore = "measures a known limitation: ~1.5 GB and seconds per call"]
-fn output_decoding_amplifies_memory() {
+fn an_answer_announcing_more_channels_than_the_batch_is_refused_before_decoding() {
     let runtime = runtime_with(RuntimeLimits::default(), &allowlist_with(&[]));
     let instance = load(&runtime, "channels_flood.wat", &PluginSettings::new());
     let mut slot = PluginSlot::new(instance, PathBuf::from("channels_flood"));
@@ -987,14 +986,11 @@ fn output_decoding_amplifies_memory() {
         stage: Filtering,
         ..StageContext::default()
     };
-    let started = std::time::Instant::now();
     let error = slot.run(Filtering, &context, &mut batch).unwrap_err();
     assert_eq!(error.label(), "malformed_output", "{error}");
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let peak = status.lines().find(|line| line.starts_with("VmHWM"));
-    eprintln!(
-        "{} output bytes decoded and refused in {:?}; peak RSS {peak:?}",
-        slot.instance.stats().bytes_out,
-        started.elapsed()
+    assert!(
+        error.to_string().contains("channels for a batch of"),
+        "{error}"
     );
+    // That message comes from the length-prefix check: nothing was decoded.
 }
