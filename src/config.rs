@@ -344,6 +344,9 @@ pub struct WasmPlugins {
     /// Deepest Wasm call stack.
     #[serde(default = "default_recursion")]
     pub max_recursion_depth: usize,
+    /// Fuel metering; `false` also disables `timeout_seconds` (benchmarks only).
+    #[serde(default = "yes")]
+    pub fuel_metering: bool,
     /// `[…security]`.
     #[serde(default)]
     pub security: Security,
@@ -365,6 +368,7 @@ impl Default for WasmPlugins {
             enable_hot_reload: true,
             fuel_per_call: default_fuel(),
             max_recursion_depth: default_recursion(),
+            fuel_metering: true,
             security: Security::default(),
             strategies: Strategies::default(),
             fallbacks: Fallbacks::default(),
@@ -381,6 +385,7 @@ impl WasmPlugins {
             timeout: Duration::from_secs(self.timeout_seconds),
             max_memory_bytes: self.max_memory_per_plugin,
             max_recursion_depth: self.max_recursion_depth,
+            fuel_metering: self.fuel_metering,
             ..defaults
         }
     }

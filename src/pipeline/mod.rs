@@ -261,6 +261,11 @@ impl Pipeline {
                  offers network or file access: plugins still get neither"
             );
         }
+        if !settings.fuel_metering {
+            log::warn!(
+                "fuel_metering = false: plugins run without fuel budgets or wall-clock timeouts"
+            );
+        }
         let runtime =
             PluginRuntime::new(settings.runtime_limits(), &security.allowed_host_functions)?;
         let directory = settings.plugin_directory.clone();

@@ -47,6 +47,10 @@ pub struct RuntimeLimits {
     pub max_module_bytes: usize,
     /// Most output bytes one stage call may push.
     pub max_output_bytes: usize,
+    /// Fuel metering. Off removes the fuel budget **and** the wall-clock
+    /// deadline (which is checked between fuel slices): for measuring what
+    /// metering costs, not for plugins you do not trust.
+    pub fuel_metering: bool,
 }
 
 impl Default for RuntimeLimits {
@@ -59,6 +63,7 @@ impl Default for RuntimeLimits {
             max_recursion_depth: 1000,
             max_module_bytes: 16 << 20,
             max_output_bytes: 64 << 20,
+            fuel_metering: true,
         }
     }
 }
@@ -149,7 +154,7 @@ impl PluginRuntime {
         }
         let mut config = Config::default();
         config
-            .consume_fuel(true)
+            .consume_fuel(limits.fuel_metering)
             .set_max_recursion_depth(limits.max_recursion_depth)
             // Eager translation: fuel slicing must be able to pause and resume
             // any call, which lazy translation does not promise (wasmi #1859).

@@ -393,3 +393,29 @@ fn hot_reload_swaps_changed_plugins_between_runs_and_keeps_the_old_one_on_a_bad_
     let names: Vec<&str> = pipeline.plugins().iter().map(|p| p.name()).collect();
     assert_eq!(names, ["group_normalizer"]);
 }
+
+#[test]
+fn url_rewriter_points_every_stream_at_the_proxy_and_keeps_the_upstream() {
+    let dir = plugin_dir(&["url_rewriter"]);
+    let extra = "[proxy_generation.wasm_plugins.strategies]\nm3u_generation = [\"url_rewriter\"]\n";
+    let mut config = config(&dir, extra);
+    config.proxy.base_url = "http://nas.local:8080/".into();
+    let mut pipeline = Pipeline::new(config).unwrap();
+    let source = Source::from_reader("real", std::io::Cursor::new(PLAYLIST.as_bytes().to_vec()));
+    let (out, stats) = pipeline.run_collect(vec![source]).unwrap();
+    let (_, input, _) = read_all(PLAYLIST, 0);
+    assert_eq!(stats.stages[4].strategy, "url_rewriter");
+    assert_eq!(out.len(), input.len());
+    for (got, want) in out.iter().zip(&input) {
+        assert_eq!(
+            got.stream_url,
+            format!("http://nas.local:8080/stream/{}", got.id)
+        );
+        assert_eq!(
+            got.attribute("x-upstream-url"),
+            Some(want.stream_url.as_ref())
+        );
+        assert_eq!(got.channel_name, want.channel_name);
+        assert_eq!(got.extras, want.extras, "whole channels come back intact");
+    }
+}

@@ -1,0 +1,194 @@
+//! The whole pipeline as a user runs it: `m3u-plugin-host run` on inputs of
+//! 10k, 100k and 1M channels derived from the real playlist, native-only and
+//! with three plugins (group_normalizer, passthrough, url_rewriter), with fuel
+//! metering on and off, streaming and in-memory. Each run is a separate
+//! process, so its peak RSS (`VmHWM`, from `--stats-json`) is its own.
+//! Prints time, channels/s and peak RSS beside the native-only run of the
+//! same size, measured in the same bench run.
+//!
+//! Run: `cargo bench --bench pipeline` (needs ~300 MB of disk for the inputs,
+//! written once to `target/bench-data/`).
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use m3u_plugin_host::m3u::{read_all, M3uWriter};
+
+const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
+
+struct Setup {
+    label: &'static str,
+    pressure: &'static str,
+    toml: String,
+}
+
+fn target_dir() -> PathBuf {
+    Path::new(env!("M3U_EXAMPLE_PLUGIN_DIR"))
+        .parent()
+        .expect("target/plugins has a parent")
+        .to_path_buf()
+}
+
+/// The real playlist repeated with rewritten `tvg-id`s and URLs: the same
+/// shape and attributes, unique keys.
+fn derived_input(channels: usize) -> PathBuf {
+    let dir = target_dir().join("bench-data");
+    std::fs::create_dir_all(&dir).expect("create target/bench-data");
+    let path = dir.join(format!("derived-{channels}.m3u"));
+    if path.exists() {
+        return path;
+    }
+    let text = include_str!("../tests/fixtures/m3u/iptv-org-index-2021.m3u");
+    let (header, originals, _) = read_all(text, 0);
+    let file = std::fs::File::create(&path).expect("create input");
+    let mut writer = M3uWriter::new(BufWriter::new(file), &header).expect("writer");
+    for (index, original) in originals.iter().cycle().take(channels).enumerate() {
+        let round = index / originals.len();
+        let mut channel = original.clone();
+        if round > 0 {
+            if !channel.tvg_id.is_empty() {
+                channel.tvg_id = format!("{}.r{round}", channel.tvg_id).into();
+            }
+            let separator = if channel.stream_url.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            channel.stream_url = format!("{}{separator}copy={round}", channel.stream_url).into();
+        }
+        writer.write_channel(&channel).expect("write");
+    }
+    writer.finish().expect("finish").flush().expect("flush");
+    path
+}
+
+fn plugin_config(fuel_metering: bool, strategies: &str) -> String {
+    format!(
+        "[proxy]\nbase_url = \"http://nas.local:8080\"\n\
+         [output]\npath = \"/dev/null\"\n\
+         [proxy_generation.wasm_plugins]\nplugin_directory = {:?}\nfuel_metering = {fuel_metering}\n\
+         [proxy_generation.wasm_plugins.strategies]\n{strategies}",
+        env!("M3U_EXAMPLE_PLUGIN_DIR")
+    )
+}
+
+fn setups() -> Vec<Setup> {
+    let streaming = "data_mapping = [\"group_normalizer\"]\nfiltering = [\"passthrough\"]\n\
+                     m3u_generation = [\"url_rewriter\"]\n";
+    let in_memory = "source_loading = [\"inmemory_full\"]\n\
+                     data_mapping = [\"group_normalizer\"]\nfiltering = [\"passthrough\"]\n\
+                     channel_numbering = [\"inmemory_numbering\"]\n\
+                     m3u_generation = [\"sorted_writer\"]\n";
+    vec![
+        Setup {
+            label: "native only (baseline)",
+            pressure: "high",
+            toml:
+                "[output]\npath = \"/dev/null\"\n[proxy_generation.wasm_plugins]\nenabled = false\n"
+                    .into(),
+        },
+        Setup {
+            label: "3 plugins, streaming",
+            pressure: "high",
+            toml: plugin_config(true, streaming),
+        },
+        Setup {
+            label: "3 plugins, streaming, fuel off",
+            pressure: "high",
+            toml: plugin_config(false, streaming),
+        },
+        Setup {
+            label: "2 plugins, in-memory (sorted)",
+            pressure: "optimal",
+            toml: plugin_config(true, in_memory),
+        },
+    ]
+}
+
+struct Measured {
+    millis: f64,
+    rss_mib: f64,
+    written: u64,
+    plugin_failures: u64,
+}
+
+fn run(config: &Path, input: &Path, pressure: &str) -> Measured {
+    let stats_path = config.with_extension("json");
+    let status = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
+        .args(["run", "-q", "--config"])
+        .arg(config)
+        .arg("--input")
+        .arg(input)
+        .args(["--memory-pressure", pressure, "--stats-json"])
+        .arg(&stats_path)
+        .status()
+        .expect("run m3u-plugin-host");
+    assert!(
+        status.success(),
+        "m3u-plugin-host failed on {}",
+        input.display()
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats_path).expect("stats")).expect("json");
+    Measured {
+        millis: stats["time_ms"].as_f64().unwrap_or(f64::NAN),
+        rss_mib: stats["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
+        written: stats["channels_written"].as_u64().unwrap_or(0),
+        plugin_failures: stats["plugin_failures"].as_u64().unwrap_or(0),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
+    // useful either way: this bench has no filters, it runs everything.
+    let dir = target_dir().join("bench-data");
+    let setups = setups();
+    println!(
+        "{:<9} {:<32} {:>9} {:>12} {:>10} {:>10} {:>9}",
+        "channels", "setup", "time ms", "channels/s", "vs native", "RSS MiB", "RSS/nat."
+    );
+    let mut streaming_rss = Vec::new();
+    for size in SIZES {
+        let input = derived_input(size);
+        let mut native = None;
+        for (index, setup) in setups.iter().enumerate() {
+            let config = dir.join(format!("pipeline-{index}.toml"));
+            std::fs::write(&config, &setup.toml).expect("write config");
+            // Best of three for the time; RSS is the same each run.
+            let runs: Vec<Measured> = (0..3)
+                .map(|_| run(&config, &input, setup.pressure))
+                .collect();
+            let best = runs
+                .into_iter()
+                .min_by(|a, b| a.millis.total_cmp(&b.millis))
+                .expect("three runs");
+            assert_eq!(
+                best.written as usize, size,
+                "{}: every channel written",
+                setup.label
+            );
+            assert_eq!(best.plugin_failures, 0, "{}: no plugin failed", setup.label);
+            let baseline = *native.get_or_insert((best.millis, best.rss_mib));
+            if setup.label == "3 plugins, streaming" {
+                streaming_rss.push((size, best.rss_mib));
+            }
+            println!(
+                "{:<9} {:<32} {:>9.0} {:>12.0} {:>9.2}x {:>10.1} {:>8.2}x",
+                size,
+                setup.label,
+                best.millis,
+                size as f64 / (best.millis / 1e3),
+                best.millis / baseline.0,
+                best.rss_mib,
+                best.rss_mib / baseline.1
+            );
+        }
+    }
+    if let [.., (_, rss_100k), (_, rss_1m)] = streaming_rss[..] {
+        println!(
+            "3 plugins, streaming: RSS(1M) / RSS(100k) = {:.2}",
+            rss_1m / rss_100k
+        );
+    }
+}
