@@ -21,6 +21,9 @@ struct Setup {
     label: &'static str,
     pressure: &'static str,
     toml: String,
+    /// The strategy every stage must report, so a plugin that silently did
+    /// not load cannot pass for a measurement of it.
+    strategies: [&'static str; 5],
 }
 
 fn target_dir() -> PathBuf {
@@ -63,11 +66,35 @@ fn derived_input(channels: usize) -> PathBuf {
     path
 }
 
+const NATIVE: [&str; 5] = [
+    "streaming_source",
+    "native_mapping",
+    "native_filter",
+    "streaming_numbering",
+    "streaming_writer",
+];
+const STREAMING: [&str; 5] = [
+    "streaming_source",
+    "group_normalizer",
+    "passthrough",
+    "streaming_numbering",
+    "url_rewriter",
+];
+const IN_MEMORY: [&str; 5] = [
+    "inmemory_full",
+    "group_normalizer",
+    "passthrough",
+    "inmemory_numbering",
+    "sorted_writer",
+];
+
 fn plugin_config(fuel_metering: bool, strategies: &str) -> String {
     format!(
         "[proxy]\nbase_url = \"http://nas.local:8080\"\n\
          [output]\npath = \"/dev/null\"\n\
          [proxy_generation.wasm_plugins]\nplugin_directory = {:?}\nfuel_metering = {fuel_metering}\n\
+         [proxy_generation.wasm_plugins.security]\n\
+         allowed_host_functions = [\"log\", \"read_channels\", \"write_channels\", \"get_config\"]\n\
          [proxy_generation.wasm_plugins.strategies]\n{strategies}",
         env!("M3U_EXAMPLE_PLUGIN_DIR")
     )
@@ -87,26 +114,31 @@ fn setups() -> Vec<Setup> {
             toml:
                 "[output]\npath = \"/dev/null\"\n[proxy_generation.wasm_plugins]\nenabled = false\n"
                     .into(),
+            strategies: NATIVE,
         },
         Setup {
             label: "3 plugins, streaming",
             pressure: "high",
             toml: plugin_config(true, streaming),
+            strategies: STREAMING,
         },
         Setup {
             label: "3 plugins, streaming, fuel off",
             pressure: "high",
             toml: plugin_config(false, streaming),
+            strategies: STREAMING,
         },
         Setup {
             label: "2 plugins, in-memory (sorted)",
             pressure: "optimal",
             toml: plugin_config(true, in_memory),
+            strategies: IN_MEMORY,
         },
     ]
 }
 
 struct Measured {
+    strategies: Vec<String>,
     millis: f64,
     rss_mib: f64,
     written: u64,
@@ -116,6 +148,7 @@ struct Measured {
 fn run(config: &Path, input: &Path, pressure: &str) -> Measured {
     let stats_path = config.with_extension("json");
     let status = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
+        .env("RUST_LOG", "error")
         .args(["run", "-q", "--config"])
         .arg(config)
         .arg("--input")
@@ -132,6 +165,15 @@ fn run(config: &Path, input: &Path, pressure: &str) -> Measured {
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats_path).expect("stats")).expect("json");
     Measured {
+        strategies: stats["stages"]
+            .as_array()
+            .map(|stages| {
+                stages
+                    .iter()
+                    .map(|stage| stage["strategy"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
         millis: stats["time_ms"].as_f64().unwrap_or(f64::NAN),
         rss_mib: stats["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
         written: stats["channels_written"].as_u64().unwrap_or(0),
@@ -169,6 +211,11 @@ fn main() {
                 setup.label
             );
             assert_eq!(best.plugin_failures, 0, "{}: no plugin failed", setup.label);
+            assert_eq!(
+                best.strategies, setup.strategies,
+                "{}: strategies used",
+                setup.label
+            );
             let baseline = *native.get_or_insert((best.millis, best.rss_mib));
             if setup.label == "3 plugins, streaming" {
                 streaming_rss.push((size, best.rss_mib));

@@ -199,6 +199,18 @@ fn ratios() {
     let wasm_map = time(&mut |batch| normalizer.run(Stage::DataMapping, &ctx, batch).unwrap());
     let fuel = normalizer.instance.stats().fuel_consumed - fuel_before;
     let native_map = time(&mut |batch| native_normalize_batch(batch));
+    let mut rewriter = PluginSlot::new(load(&runtime, "url_rewriter.wasm"), PathBuf::new());
+    let rewrite_ctx = StageContext {
+        stage: Stage::M3uGeneration,
+        base_url: "http://nas.local:8080".into(),
+        ..context()
+    };
+    let wasm_rewrite = time(&mut |batch| {
+        rewriter
+            .run(Stage::M3uGeneration, &rewrite_ctx, batch)
+            .unwrap()
+    });
+    let native_rewrite = time(&mut |batch| native_rewrite_batch(batch, "http://nas.local:8080"));
 
     println!();
     println!(
@@ -218,6 +230,21 @@ fn ratios() {
         wasm_map.as_secs_f64() / native_map.as_secs_f64(),
         fuel as f64 / (channels.len() * rounds) as f64
     );
+    println!(
+        "  whole   url_rewriter     wasm {:>10.0} ch/s   native {:>11.0} ch/s   wasm/native time ratio {:>6.1}x",
+        per_second(wasm_rewrite),
+        per_second(native_rewrite),
+        wasm_rewrite.as_secs_f64() / native_rewrite.as_secs_f64()
+    );
+}
+
+/// Native twin of plugins/url-rewriter.
+fn native_rewrite_batch(batch: &mut [OwnedChannel], base: &str) {
+    for channel in batch {
+        let upstream = std::mem::take(&mut channel.stream_url);
+        channel.stream_url = Cow::Owned(format!("{base}/stream/{}", channel.id));
+        channel.set_attribute(Cow::Borrowed("x-upstream-url"), upstream);
+    }
 }
 
 fn main() {
