@@ -115,7 +115,11 @@ fn call_overhead(c: &mut Criterion) {
 fn load_and_instantiate(c: &mut Criterion) {
     let runtime = runtime();
     let mut group = c.benchmark_group("load");
-    for file in ["passthrough.wasm", "group_normalizer.wasm"] {
+    for file in [
+        "passthrough.wasm",
+        "group_normalizer.wasm",
+        "url_rewriter.wasm",
+    ] {
         let bytes = plugin_bytes(file);
         group.bench_function(format!("validate_compile_instantiate/{file}"), |b| {
             b.iter(|| {
@@ -191,25 +195,34 @@ fn ratios() {
     };
     let per_second = |d: Duration| channels.len() as f64 / d.as_secs_f64();
 
+    let fuel_of = |slot: &PluginSlot| slot.total_stats().fuel_consumed;
+    let per_channel = |fuel: u64| fuel as f64 / (channels.len() * rounds) as f64;
+
     let mut passthrough = PluginSlot::new(load(&runtime, "passthrough.wasm"), PathBuf::new());
+    let fuel_before = fuel_of(&passthrough);
     let wasm_filter = time(&mut |batch| passthrough.run(Stage::Filtering, &ctx, batch).unwrap());
+    let filter_fuel = per_channel(fuel_of(&passthrough) - fuel_before);
     let native_filter = time(&mut |batch| batch.retain(|c| black_box(c).id != 0));
+
     let mut normalizer = PluginSlot::new(load(&runtime, "group_normalizer.wasm"), PathBuf::new());
-    let fuel_before = normalizer.instance.stats().fuel_consumed;
+    let fuel_before = fuel_of(&normalizer);
     let wasm_map = time(&mut |batch| normalizer.run(Stage::DataMapping, &ctx, batch).unwrap());
-    let fuel = normalizer.instance.stats().fuel_consumed - fuel_before;
+    let map_fuel = per_channel(fuel_of(&normalizer) - fuel_before);
     let native_map = time(&mut |batch| native_normalize_batch(batch));
+
     let mut rewriter = PluginSlot::new(load(&runtime, "url_rewriter.wasm"), PathBuf::new());
     let rewrite_ctx = StageContext {
         stage: Stage::M3uGeneration,
         base_url: "http://nas.local:8080".into(),
         ..context()
     };
+    let fuel_before = fuel_of(&rewriter);
     let wasm_rewrite = time(&mut |batch| {
         rewriter
             .run(Stage::M3uGeneration, &rewrite_ctx, batch)
             .unwrap()
     });
+    let rewrite_fuel = per_channel(fuel_of(&rewriter) - fuel_before);
     let native_rewrite = time(&mut |batch| native_rewrite_batch(batch, "http://nas.local:8080"));
 
     println!();
@@ -217,25 +230,30 @@ fn ratios() {
         "same-run comparison over {} real channels, batches of {BATCH}, best of {rounds}:",
         channels.len()
     );
-    println!(
-        "  filter  passthrough      wasm {:>10.0} ch/s   native {:>11.0} ch/s   wasm/native time ratio {:>6.1}x",
-        per_second(wasm_filter),
-        per_second(native_filter),
-        wasm_filter.as_secs_f64() / native_filter.as_secs_f64()
-    );
-    println!(
-        "  mapping group_normalizer wasm {:>10.0} ch/s   native {:>11.0} ch/s   wasm/native time ratio {:>6.1}x   fuel/channel {:.0}",
-        per_second(wasm_map),
-        per_second(native_map),
-        wasm_map.as_secs_f64() / native_map.as_secs_f64(),
-        fuel as f64 / (channels.len() * rounds) as f64
-    );
-    println!(
-        "  whole   url_rewriter     wasm {:>10.0} ch/s   native {:>11.0} ch/s   wasm/native time ratio {:>6.1}x",
-        per_second(wasm_rewrite),
-        per_second(native_rewrite),
-        wasm_rewrite.as_secs_f64() / native_rewrite.as_secs_f64()
-    );
+    let rows = [
+        (
+            "filter  passthrough     ",
+            wasm_filter,
+            native_filter,
+            filter_fuel,
+        ),
+        ("mapping group_normalizer", wasm_map, native_map, map_fuel),
+        (
+            "whole   url_rewriter    ",
+            wasm_rewrite,
+            native_rewrite,
+            rewrite_fuel,
+        ),
+    ];
+    for (label, wasm, native, fuel) in rows {
+        println!(
+            "  {label} wasm {:>10.0} ch/s   native {:>11.0} ch/s   wasm/native time ratio {:>6.1}x   fuel/channel {:.0}",
+            per_second(wasm),
+            per_second(native),
+            wasm.as_secs_f64() / native.as_secs_f64(),
+            fuel
+        );
+    }
 }
 
 /// Native twin of plugins/url-rewriter.

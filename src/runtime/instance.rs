@@ -327,9 +327,19 @@ impl PluginInstance {
         let started = Instant::now();
         self.store.data_mut().begin_call();
         self.stats.calls += 1;
-        let result = func
-            .call(&mut self.store, params)
-            .map_err(|error| classify(&self.store, &self.limits, &error));
+        // The same entry point as metered calls: without fuel it simply runs
+        // to the end, and errors are classified the same way.
+        let result = match func.call_resumable(&mut self.store, params) {
+            Ok(TypedResumableCall::Finished(results)) => Ok(results),
+            Ok(TypedResumableCall::HostTrap(invocation)) => {
+                Err(classify(&self.store, &self.limits, invocation.host_error()))
+            }
+            Ok(TypedResumableCall::OutOfFuel(_)) => Err(ErrorKind::OutOfFuel {
+                budget: self.limits.fuel_per_call,
+            }
+            .into()),
+            Err(error) => Err(classify(&self.store, &self.limits, &error)),
+        };
         self.stats.last_call_fuel = 0;
         self.stats.time += started.elapsed();
         self.stats.log_lines_dropped = self.store.data().log_lines_dropped;
