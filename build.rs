@@ -80,18 +80,26 @@ fn main() {
     for (package, _) in &packages {
         command.args(["-p", package]);
     }
-    // The outer build's settings are for the host, not for the guest.
+    // The outer build's environment is for the host (and, under `cargo
+    // clippy`, for clippy): start the guest build from a clean one, with the
+    // same toolchain as the outer build.
+    command.env_clear();
     for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "CARGO_BUILD_RUSTFLAGS",
+        "PATH",
+        "HOME",
+        "RUSTUP_HOME",
+        "CARGO_HOME",
+        "TMPDIR",
+        "LANG",
     ] {
-        command.env_remove(var);
+        if let Some(value) = env::var_os(var) {
+            command.env(var, value);
+        }
     }
+    if let Some(rustc) = env::var_os("RUSTC") {
+        command.env("RUSTC", rustc);
+    }
+    command.stdin(std::process::Stdio::null());
     // A smaller shadow stack leaves more of the memory limit to the plugin.
     command.env(
         "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",

@@ -313,11 +313,23 @@ fn run(
 }
 
 /// Writes to a temporary file beside `path` and renames it into place, so a
-/// reader never sees a half-written playlist.
+/// reader never sees a half-written playlist. Anything that is not a regular
+/// file (`/dev/null`, a FIFO, a terminal) is written in place: renaming over
+/// it would replace the device with a file.
 fn write_atomically<T>(
     path: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<T>,
 ) -> Result<T> {
+    if std::fs::metadata(path).is_ok_and(|metadata| !metadata.is_file()) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut writer = std::io::BufWriter::new(file);
+        let value = write(&mut writer)?;
+        writer.flush()?;
+        return Ok(value);
+    }
     let file_name = path
         .file_name()
         .with_context(|| format!("output path {} has no file name", path.display()))?;

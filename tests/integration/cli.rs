@@ -224,3 +224,40 @@ fn plugins_inspect_reports_info_and_imports() {
     let imports = report["imports"].as_array().unwrap();
     assert!(imports.iter().any(|i| i == "host.get_config"));
 }
+
+#[test]
+fn output_to_a_fifo_is_written_in_place_not_replaced() {
+    let dir = scratch_dir("cli-fifo");
+    let fifo = dir.join("out.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|status| status.success()) {
+        eprintln!("mkfifo unavailable: skipping");
+        return;
+    }
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let config = dir.join("c.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut child = bin()
+        .args(["run", "-q", "--config"])
+        .arg(&config)
+        .args(["--input", "-", "--output"])
+        .arg(&fifo)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"#EXTM3U\n#EXTINF:-1,One\nhttp://one\n")
+        .unwrap();
+    ok(child.wait_with_output().unwrap());
+    assert!(reader.join().unwrap().contains("http://one"));
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "the FIFO was replaced by a regular file");
+}
