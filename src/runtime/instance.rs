@@ -83,10 +83,12 @@ impl PluginInstance {
                 .set_fuel(limits.fuel_slice.min(limits.fuel_per_call))
                 .map_err(|e| ErrorKind::InvalidModule(e.to_string()))?;
         }
-        let instance = runtime
-            .linker()
-            .instantiate_and_start(&mut store, &compiled.module)
-            .map_err(|error| classify(&store, &limits, &error))?;
+        let instance = on_guest_stack(|| {
+            runtime
+                .linker()
+                .instantiate_and_start(&mut store, &compiled.module)
+        })
+        .map_err(|error| classify(&store, &limits, &error))?;
         let typed = |name: &'static str| -> Result<TypedFunc<(), i32>> {
             instance
                 .get_typed_func(&store, name)
@@ -279,7 +281,7 @@ impl PluginInstance {
         self.store.data_mut().fuel_reserve = budget.saturating_sub(slice);
         self.store.set_fuel(slice).map_err(fuel_error)?;
         self.stats.calls += 1;
-        let mut outcome = func.call_resumable(&mut self.store, params);
+        let mut outcome = on_guest_stack(|| func.call_resumable(&mut self.store, params));
         let result = loop {
             match outcome {
                 Ok(TypedResumableCall::Finished(results)) => break Ok(results),
@@ -294,12 +296,21 @@ impl PluginInstance {
                         }
                         .into());
                     }
-                    let next = reserve.min(slice);
-                    self.store.data_mut().fuel_reserve = reserve - next;
+                    // One instruction may need more than a slice (a
+                    // `memory.grow`, `memory.copy` or `memory.fill` pays per
+                    // 64 bytes): give it what it needs, no more, so the
+                    // fuel left after it stays within a slice.
+                    let available = reserve + self.store.get_fuel().unwrap_or(0);
+                    let needed = invocation.required_fuel();
+                    if needed > available {
+                        break Err(ErrorKind::OutOfFuel { budget }.into());
+                    }
+                    let next = slice.max(needed).min(available);
+                    self.store.data_mut().fuel_reserve = available - next;
                     if let Err(error) = self.store.set_fuel(next) {
                         break Err(fuel_error(error));
                     }
-                    outcome = invocation.resume(&mut self.store);
+                    outcome = on_guest_stack(|| invocation.resume(&mut self.store));
                 }
                 Ok(TypedResumableCall::HostTrap(invocation)) => {
                     break Err(classify(&self.store, &self.limits, invocation.host_error()))
@@ -345,6 +356,13 @@ impl PluginInstance {
         self.stats.log_lines_dropped = self.store.data().log_lines_dropped;
         result
     }
+}
+
+/// Runs one fuel slice of guest code with at least
+/// [`GUEST_STACK_RED_ZONE`](super::GUEST_STACK_RED_ZONE) bytes of native
+/// stack free (see [`MAX_FUEL_SLICE`](super::MAX_FUEL_SLICE) for why).
+fn on_guest_stack<R>(slice: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(super::GUEST_STACK_RED_ZONE, super::GUEST_STACK_SIZE, slice)
 }
 
 fn missing(name: &str, error: impl std::fmt::Display) -> Error {

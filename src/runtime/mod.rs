@@ -4,8 +4,12 @@
 //!
 //! Where each limit is set:
 //! - fuel: [`RuntimeLimits::fuel_per_call`], handed out in slices of
-//!   [`RuntimeLimits::fuel_slice`] by `PluginInstance::call`, which checks the
-//!   wall-clock deadline between slices;
+//!   [`RuntimeLimits::fuel_slice`] (at most [`MAX_FUEL_SLICE`]) by
+//!   `PluginInstance::call`, which checks the wall-clock deadline between
+//!   slices;
+//! - native stack: every slice runs with at least [`GUEST_STACK_RED_ZONE`]
+//!   bytes of native stack free (`PluginInstance::on_guest_stack`), see
+//!   [`MAX_FUEL_SLICE`] for why;
 //! - memory: [`RuntimeLimits::max_memory_bytes`], enforced by the store's
 //!   limiter (`host::MemoryLimiter`);
 //! - recursion: [`RuntimeLimits::max_recursion_depth`], in the engine config;
@@ -25,6 +29,30 @@ use crate::{Error, ErrorKind, Result};
 pub use host::{HOST_BYTES_PER_FUEL, HOST_CALL_BASE_FUEL, MAX_LOG_LINES_PER_CALL};
 pub use instance::{CallStats, PluginInstance};
 
+/// Most fuel one slice of a guest call may get.
+///
+/// wasmi 2.0 dispatches Wasm instructions by native tail calls, but a
+/// `memory.grow` or `table.grow` that fails (answers -1) does not return to
+/// the dispatcher: it leaves one native stack frame behind (about 70 bytes on
+/// x86_64) until the slice ends. A plugin looping over failing grows (past its
+/// own declared maximum, or by a huge delta: cases wasmi decides without the
+/// host's limiter) would otherwise overflow the host's stack and abort the
+/// whole process. Running out of fuel unwinds those frames, so capping the
+/// slice caps the stack a slice can take: 10 000 fuel measured under 0.8 MiB
+/// (see `host_survives_a_failing_memory_grow_loop` in the tests). Each slice
+/// costs about 100 ns to pause and resume, 2–5 % of the slice's run time.
+pub const MAX_FUEL_SLICE: u64 = 10_000;
+
+/// Native stack kept free for each fuel slice of a guest call: when less is
+/// left on the calling thread, the slice runs on a fresh stack segment of
+/// [`GUEST_STACK_SIZE`] bytes (a few microseconds), so the bound above holds
+/// whatever thread the embedder calls from.
+pub const GUEST_STACK_RED_ZONE: usize = 1 << 20;
+
+/// Size of the stack segment a slice runs on when the thread's own stack has
+/// less than [`GUEST_STACK_RED_ZONE`] left.
+pub const GUEST_STACK_SIZE: usize = 4 << 20;
+
 /// Configuration values per plugin name (`[plugins.<name>]`), as text; a
 /// plugin reads its own with `get_config`.
 pub type PluginSettings =
@@ -36,6 +64,7 @@ pub struct RuntimeLimits {
     /// Fuel (≈ Wasm instructions) one export call may use.
     pub fuel_per_call: u64,
     /// Fuel handed to the store at a time; the deadline is checked between.
+    /// At most [`MAX_FUEL_SLICE`].
     pub fuel_slice: u64,
     /// Wall-clock limit of one export call.
     pub timeout: Duration,
@@ -57,7 +86,7 @@ impl Default for RuntimeLimits {
     fn default() -> Self {
         RuntimeLimits {
             fuel_per_call: 2_000_000_000,
-            fuel_slice: 20_000_000,
+            fuel_slice: MAX_FUEL_SLICE,
             timeout: Duration::from_secs(30),
             max_memory_bytes: 64 << 20,
             max_recursion_depth: 1000,
@@ -150,6 +179,17 @@ impl PluginRuntime {
             return Err(Error::config_key(
                 "proxy_generation.wasm_plugins.fuel_per_call",
                 "fuel_per_call and fuel_slice must be at least 1",
+            ));
+        }
+        if limits.fuel_slice > MAX_FUEL_SLICE {
+            return Err(Error::config_key(
+                "proxy_generation.wasm_plugins.fuel_per_call",
+                format!(
+                    "fuel_slice {} is above {MAX_FUEL_SLICE}: a larger slice lets a plugin take \
+                     more native stack than the host keeps free (see MAX_FUEL_SLICE); use at \
+                     most {MAX_FUEL_SLICE}",
+                    limits.fuel_slice
+                ),
             ));
         }
         let mut config = Config::default();

@@ -41,7 +41,7 @@ fn context(stage: Stage, batch_index: u32) -> StageContext<'static> {
 fn fast_limits() -> RuntimeLimits {
     RuntimeLimits {
         fuel_per_call: 5_000_000,
-        fuel_slice: 1_000_000,
+        fuel_slice: 10_000,
         ..RuntimeLimits::default()
     }
 }
@@ -371,7 +371,7 @@ fn infinite_loop_runs_out_of_fuel() {
 fn infinite_loop_with_ample_fuel_hits_the_wall_clock_timeout() {
     let limits = RuntimeLimits {
         fuel_per_call: 1 << 50,
-        fuel_slice: 1_000_000,
+        fuel_slice: 10_000,
         timeout: Duration::from_millis(50),
         ..RuntimeLimits::default()
     };
@@ -747,7 +747,7 @@ fn host_call_without_enough_fuel_runs_out_of_fuel() {
     let budget = 200_000;
     let limits = RuntimeLimits {
         fuel_per_call: budget,
-        fuel_slice: 50_000,
+        fuel_slice: 10_000,
         ..RuntimeLimits::default()
     };
     let runtime = runtime_with(limits, &default_allowlist());
