@@ -6,6 +6,7 @@ pub mod hostile;
 pub mod operations;
 pub mod pipeline;
 pub mod plugin_dedup;
+pub mod plugin_dedup_wat;
 pub mod plugin_logo;
 pub mod plugin_sports;
 pub mod runtime;
