@@ -266,10 +266,19 @@ fn native_rewrite_batch(batch: &mut [OwnedChannel], base: &str) {
 }
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
-    call_overhead(&mut criterion);
-    load_and_instantiate(&mut criterion);
-    throughput(&mut criterion);
-    criterion.final_summary();
-    ratios();
+    // As the CLI does: plugin calls on a thread with a large stack get large
+    // fuel slices (runtime::stack_safe_fuel_slice).
+    std::thread::Builder::new()
+        .stack_size(m3u_plugin_host::PIPELINE_THREAD_STACK)
+        .spawn(|| {
+            let mut criterion = Criterion::default().configure_from_args();
+            call_overhead(&mut criterion);
+            load_and_instantiate(&mut criterion);
+            throughput(&mut criterion);
+            criterion.final_summary();
+            ratios();
+        })
+        .expect("bench thread")
+        .join()
+        .expect("bench thread finished");
 }

@@ -27,6 +27,11 @@
 //! - [`OwnedChannel`]: one playlist entry with every attribute and companion
 //!   line, so a parse → write round trip loses nothing.
 //! - [`Error`]: the one error type; match on [`Error::kind`].
+//!
+//! Plugin calls run in fuel slices cut to the thread's free native stack
+//! ([`runtime::stack_safe_fuel_slice`]); run pipelines on a thread with a
+//! large stack, such as [`PIPELINE_THREAD_STACK`], for large slices. Any
+//! thread is safe: a call on a small one moves to a fresh stack segment.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -41,6 +46,11 @@ pub mod signing;
 
 pub use error::{Error, ErrorKind, Result};
 pub use m3u_proxy_plugin_abi as abi;
+
+/// Stack size of the threads the CLI and `serve` run pipelines on: room for
+/// fuel slices of about 500 000 fuel. Reserved address space, not memory:
+/// only the pages a call uses are touched.
+pub const PIPELINE_THREAD_STACK: usize = 64 << 20;
 
 /// A channel that owns its strings: the host's unit of data.
 pub type OwnedChannel = abi::Channel<'static>;

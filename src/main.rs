@@ -119,7 +119,21 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_timestamp(None)
         .init();
-    match run_cli(cli) {
+    // Plugin calls pause every fuel slice, and a slice is cut to what the
+    // free native stack can take (m3u_plugin_host::runtime::
+    // stack_safe_fuel_slice): a large stack makes pauses rare. Only the
+    // pages actually used are ever touched.
+    let worker = std::thread::Builder::new()
+        .name("m3u-plugin-host".into())
+        .stack_size(m3u_plugin_host::PIPELINE_THREAD_STACK)
+        .spawn(move || run_cli(cli));
+    let outcome = match worker {
+        Ok(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked"))),
+        Err(error) => Err(anyhow::anyhow!("cannot start the worker thread: {error}")),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

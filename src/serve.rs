@@ -305,6 +305,7 @@ impl Server {
         }
         let handle = std::thread::Builder::new()
             .name("m3u-regenerate".into())
+            .stack_size(crate::PIPELINE_THREAD_STACK)
             .spawn(move || regenerator.watch_loop(stamps))
             .map_err(|error| Error::io("thread m3u-regenerate", error))?;
         server.threads.push(handle);

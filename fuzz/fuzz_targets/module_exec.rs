@@ -20,10 +20,10 @@
 //!    compilation, recursion limit 1000, `StoreLimits` of 2 MiB / 1 memory /
 //!    4 tables / 100 000 elements): instantiate with stub `host.*` functions,
 //!    then call every exported function — nullary ones as they are, others
-//!    with zero arguments — each with one slice of fuel (`MAX_FUEL_SLICE`):
-//!    the host never runs guest code on more fuel at a time, since wasmi 2.0
-//!    leaks native stack on failing grows in proportion to it (Findings 2 in
-//!    fuzz/README.md).
+//!    with zero arguments — each with `MIN_FUEL_SLICE` fuel: wasmi 2.0 leaks
+//!    native stack on failing grows in proportion to the fuel of a slice, so
+//!    the host cuts slices to its free stack (Findings 2 in fuzz/README.md)
+//!    and this path must too.
 #![no_main]
 
 use std::borrow::Cow;
@@ -34,7 +34,7 @@ use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use m3u_plugin_host::abi::{host_functions, Channel, MemoryPressureLevel, Stage, StageContext};
 use m3u_plugin_host::pipeline::PluginSlot;
-use m3u_plugin_host::runtime::{PluginRuntime, PluginSettings, RuntimeLimits, MAX_FUEL_SLICE};
+use m3u_plugin_host::runtime::{PluginRuntime, PluginSettings, RuntimeLimits, MIN_FUEL_SLICE};
 use m3u_plugin_host::OwnedChannel;
 use wasmi::{
     CompilationMode, Engine, Extern, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Val,
@@ -80,7 +80,7 @@ fn templates() -> &'static Templates {
 fn runtime() -> PluginRuntime {
     let limits = RuntimeLimits {
         fuel_per_call: FUEL,
-        fuel_slice: MAX_FUEL_SLICE,
+        fuel_slice: MIN_FUEL_SLICE,
         timeout: Duration::from_secs(1),
         max_memory_bytes: MEMORY_LIMIT as u64,
         ..RuntimeLimits::default()
@@ -215,7 +215,7 @@ fn through_engine(wasm: &[u8]) {
         .build();
     let mut store = Store::new(engine, limits);
     store.limiter(|limits| limits);
-    store.set_fuel(MAX_FUEL_SLICE).expect("fuel is on");
+    store.set_fuel(MIN_FUEL_SLICE).expect("fuel is on");
     let linker = stub_linker(engine);
     let Ok(instance) = linker.instantiate_and_start(&mut store, &module) else {
         return;
@@ -236,7 +236,7 @@ fn through_engine(wasm: &[u8]) {
             .iter()
             .map(|t| Val::default_for_ty(*t))
             .collect();
-        store.set_fuel(MAX_FUEL_SLICE).expect("fuel is on");
+        store.set_fuel(MIN_FUEL_SLICE).expect("fuel is on");
         let _ = func.call(&mut store, &params, &mut results);
     }
 }

@@ -7,7 +7,7 @@ use m3u_proxy_plugin_abi::{exports, status, MemoryPressureLevel, PluginInfo, Sta
 use wasmi::{Store, TypedFunc, TypedResumableCall};
 
 use super::host::{HostFault, HostState};
-use super::{CompiledPlugin, PluginRuntime, PluginSettings, RuntimeLimits};
+use super::{stack_safe_fuel_slice, CompiledPlugin, PluginRuntime, PluginSettings, RuntimeLimits};
 use crate::{Error, ErrorKind, Result};
 
 /// Counters of one plugin instance.
@@ -78,12 +78,12 @@ impl PluginInstance {
         // The start function (if any) cannot be paused to check the deadline,
         // so it gets one fuel slice: enough for initialising globals, not for
         // work (SDK plugins have no start function at all).
-        if limits.fuel_metering {
-            store
-                .set_fuel(limits.fuel_slice.min(limits.fuel_per_call))
-                .map_err(|e| ErrorKind::InvalidModule(e.to_string()))?;
-        }
         let instance = on_guest_stack(|| {
+            if limits.fuel_metering {
+                store.set_fuel(stack_safe_fuel_slice(
+                    limits.fuel_slice.min(limits.fuel_per_call),
+                ))?;
+            }
             runtime
                 .linker()
                 .instantiate_and_start(&mut store, &compiled.module)
@@ -273,15 +273,24 @@ impl PluginInstance {
         if !self.limits.fuel_metering {
             return self.call_unmetered(func, params);
         }
+        on_guest_stack(|| self.call_in_slices(func, params))
+    }
+
+    /// [`PluginInstance::call`] on a stack with room for its slices.
+    fn call_in_slices<P, R>(&mut self, func: &TypedFunc<P, R>, params: P) -> Result<R>
+    where
+        P: wasmi::WasmParams,
+        R: wasmi::WasmResults,
+    {
         let budget = self.limits.fuel_per_call;
-        let slice = self.limits.fuel_slice.min(budget);
+        let slice = stack_safe_fuel_slice(self.limits.fuel_slice.min(budget));
         let started = Instant::now();
         let deadline = started + self.limits.timeout;
         self.store.data_mut().begin_call();
         self.store.data_mut().fuel_reserve = budget.saturating_sub(slice);
         self.store.set_fuel(slice).map_err(fuel_error)?;
         self.stats.calls += 1;
-        let mut outcome = on_guest_stack(|| func.call_resumable(&mut self.store, params));
+        let mut outcome = func.call_resumable(&mut self.store, params);
         let result = loop {
             match outcome {
                 Ok(TypedResumableCall::Finished(results)) => break Ok(results),
@@ -310,7 +319,7 @@ impl PluginInstance {
                     if let Err(error) = self.store.set_fuel(next) {
                         break Err(fuel_error(error));
                     }
-                    outcome = on_guest_stack(|| invocation.resume(&mut self.store));
+                    outcome = invocation.resume(&mut self.store);
                 }
                 Ok(TypedResumableCall::HostTrap(invocation)) => {
                     break Err(classify(&self.store, &self.limits, invocation.host_error()))
@@ -358,11 +367,16 @@ impl PluginInstance {
     }
 }
 
-/// Runs one fuel slice of guest code with at least
+/// Runs guest code with at least
 /// [`GUEST_STACK_RED_ZONE`](super::GUEST_STACK_RED_ZONE) bytes of native
-/// stack free (see [`MAX_FUEL_SLICE`](super::MAX_FUEL_SLICE) for why).
-fn on_guest_stack<R>(slice: impl FnOnce() -> R) -> R {
-    stacker::maybe_grow(super::GUEST_STACK_RED_ZONE, super::GUEST_STACK_SIZE, slice)
+/// stack free, on a fresh segment if the thread has less (see
+/// [`STACK_BYTES_PER_FUEL`](super::STACK_BYTES_PER_FUEL) for why).
+fn on_guest_stack<R>(guest_code: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(
+        super::GUEST_STACK_RED_ZONE,
+        super::GUEST_STACK_SIZE,
+        guest_code,
+    )
 }
 
 fn missing(name: &str, error: impl std::fmt::Display) -> Error {

@@ -3,13 +3,13 @@
 //! into [`PluginInstance`]s, each with its own `Store`.
 //!
 //! Where each limit is set:
-//! - fuel: [`RuntimeLimits::fuel_per_call`], handed out in slices of
-//!   [`RuntimeLimits::fuel_slice`] (at most [`MAX_FUEL_SLICE`]) by
-//!   `PluginInstance::call`, which checks the wall-clock deadline between
-//!   slices;
-//! - native stack: every slice runs with at least [`GUEST_STACK_RED_ZONE`]
-//!   bytes of native stack free (`PluginInstance::on_guest_stack`), see
-//!   [`MAX_FUEL_SLICE`] for why;
+//! - fuel: [`RuntimeLimits::fuel_per_call`], handed out in slices of at
+//!   most [`RuntimeLimits::fuel_slice`] by `PluginInstance::call`, which
+//!   checks the wall-clock deadline between slices;
+//! - native stack: each slice is also cut to what the thread's free stack
+//!   can take ([`stack_safe_fuel_slice`], [`STACK_BYTES_PER_FUEL`] says
+//!   why), and a call on a thread with less than [`GUEST_STACK_RED_ZONE`]
+//!   free runs on a fresh stack segment;
 //! - memory: [`RuntimeLimits::max_memory_bytes`], enforced by the store's
 //!   limiter (`host::MemoryLimiter`);
 //! - recursion: [`RuntimeLimits::max_recursion_depth`], in the engine config;
@@ -29,29 +29,49 @@ use crate::{Error, ErrorKind, Result};
 pub use host::{HOST_BYTES_PER_FUEL, HOST_CALL_BASE_FUEL, MAX_LOG_LINES_PER_CALL};
 pub use instance::{CallStats, PluginInstance};
 
-/// Most fuel one slice of a guest call may get.
+/// Native stack that one unit of fuel may take, at worst, until its slice
+/// ends.
 ///
 /// wasmi 2.0 dispatches Wasm instructions by native tail calls, but a
 /// `memory.grow` or `table.grow` that fails (answers -1) does not return to
-/// the dispatcher: it leaves one native stack frame behind (about 70 bytes on
-/// x86_64) until the slice ends. A plugin looping over failing grows (past its
-/// own declared maximum, or by a huge delta: cases wasmi decides without the
-/// host's limiter) would otherwise overflow the host's stack and abort the
-/// whole process. Running out of fuel unwinds those frames, so capping the
-/// slice caps the stack a slice can take: 10 000 fuel measured under 0.8 MiB
-/// (see `host_survives_a_failing_memory_grow_loop` in the tests). Each slice
-/// costs about 100 ns to pause and resume, 2–5 % of the slice's run time.
-pub const MAX_FUEL_SLICE: u64 = 10_000;
+/// the dispatcher: it leaves its native stack frame behind until the call
+/// finishes or runs out of fuel. A plugin looping over failing grows (past
+/// its own declared maximum, or by a huge delta: cases wasmi decides without
+/// asking the host's limiter) would overflow the host's stack and abort the
+/// whole process. Running out of fuel unwinds those frames, so a slice of `n`
+/// fuel takes at most `n` such frames: about 75 bytes each measured on
+/// x86_64, 128 assumed here.
+pub const STACK_BYTES_PER_FUEL: usize = 128;
 
-/// Native stack kept free for each fuel slice of a guest call: when less is
-/// left on the calling thread, the slice runs on a fresh stack segment of
-/// [`GUEST_STACK_SIZE`] bytes (a few microseconds), so the bound above holds
-/// whatever thread the embedder calls from.
-pub const GUEST_STACK_RED_ZONE: usize = 1 << 20;
+/// The smallest fuel slice: every guest call gets at least this much native
+/// stack room ([`GUEST_STACK_RED_ZONE`]), moving to a fresh stack segment
+/// when the calling thread has less.
+pub const MIN_FUEL_SLICE: u64 = 10_000;
 
-/// Size of the stack segment a slice runs on when the thread's own stack has
-/// less than [`GUEST_STACK_RED_ZONE`] left.
-pub const GUEST_STACK_SIZE: usize = 4 << 20;
+/// Native stack kept for the host, wasmi's own frames and host functions,
+/// on top of what the guest's fuel slice may take.
+const STACK_MARGIN: usize = 256 << 10;
+
+/// Free stack below which a guest call runs on a fresh segment: room for a
+/// [`MIN_FUEL_SLICE`] slice and the margin (about 1.5 MiB).
+pub const GUEST_STACK_RED_ZONE: usize =
+    MIN_FUEL_SLICE as usize * STACK_BYTES_PER_FUEL + STACK_MARGIN;
+
+/// Size of that fresh segment (reserved address space; pages are only
+/// touched as used).
+pub const GUEST_STACK_SIZE: usize = 16 << 20;
+
+/// The fuel slice a guest call on the current stack can afford: `wanted`,
+/// cut to what the free native stack can hold at [`STACK_BYTES_PER_FUEL`],
+/// and never below [`MIN_FUEL_SLICE`] (the red zone guarantees room for
+/// that). So a pipeline on a thread with a large stack (the CLI runs on a
+/// 64 MiB one) gets large slices and pays the ~100 ns of a pause-and-resume
+/// rarely; a small thread gets small slices and stays safe.
+pub fn stack_safe_fuel_slice(wanted: u64) -> u64 {
+    let free = stacker::remaining_stack().unwrap_or(0);
+    let room = (free.saturating_sub(STACK_MARGIN) / STACK_BYTES_PER_FUEL) as u64;
+    wanted.min(room.max(MIN_FUEL_SLICE))
+}
 
 /// Configuration values per plugin name (`[plugins.<name>]`), as text; a
 /// plugin reads its own with `get_config`.
@@ -63,8 +83,9 @@ pub type PluginSettings =
 pub struct RuntimeLimits {
     /// Fuel (≈ Wasm instructions) one export call may use.
     pub fuel_per_call: u64,
-    /// Fuel handed to the store at a time; the deadline is checked between.
-    /// At most [`MAX_FUEL_SLICE`].
+    /// Most fuel handed to the store at a time; the deadline is checked
+    /// between slices. The slice is also cut to what the native stack can
+    /// take ([`stack_safe_fuel_slice`]).
     pub fuel_slice: u64,
     /// Wall-clock limit of one export call.
     pub timeout: Duration,
@@ -86,7 +107,7 @@ impl Default for RuntimeLimits {
     fn default() -> Self {
         RuntimeLimits {
             fuel_per_call: 2_000_000_000,
-            fuel_slice: MAX_FUEL_SLICE,
+            fuel_slice: 20_000_000,
             timeout: Duration::from_secs(30),
             max_memory_bytes: 64 << 20,
             max_recursion_depth: 1000,
@@ -179,17 +200,6 @@ impl PluginRuntime {
             return Err(Error::config_key(
                 "proxy_generation.wasm_plugins.fuel_per_call",
                 "fuel_per_call and fuel_slice must be at least 1",
-            ));
-        }
-        if limits.fuel_slice > MAX_FUEL_SLICE {
-            return Err(Error::config_key(
-                "proxy_generation.wasm_plugins.fuel_per_call",
-                format!(
-                    "fuel_slice {} is above {MAX_FUEL_SLICE}: a larger slice lets a plugin take \
-                     more native stack than the host keeps free (see MAX_FUEL_SLICE); use at \
-                     most {MAX_FUEL_SLICE}",
-                    limits.fuel_slice
-                ),
             ));
         }
         let mut config = Config::default();

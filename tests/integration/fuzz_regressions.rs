@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use m3u_plugin_host::abi::host_functions;
 use m3u_plugin_host::m3u::{M3uReader, M3uWriter, PlaylistHeader};
-use m3u_plugin_host::runtime::{PluginRuntime, PluginSettings, RuntimeLimits, MAX_FUEL_SLICE};
+use m3u_plugin_host::runtime::{
+    stack_safe_fuel_slice, PluginRuntime, PluginSettings, RuntimeLimits, MIN_FUEL_SLICE,
+};
 use m3u_plugin_host::OwnedChannel;
 
 use super::common::{repo_path, wat_str};
@@ -173,7 +175,7 @@ fn m3u_reader_url_segment_with_leading_space() {
 fn fuzz_runtime() -> PluginRuntime {
     let limits = RuntimeLimits {
         fuel_per_call: 100_000,
-        fuel_slice: MAX_FUEL_SLICE,
+        fuel_slice: 10_000,
         timeout: Duration::from_secs(1),
         max_memory_bytes: 2 << 20,
         ..RuntimeLimits::default()
@@ -202,7 +204,7 @@ fn run_exports_directly(wasm: &[u8]) -> Vec<(String, Result<(), wasmi::Error>)> 
         .build();
     let mut store = wasmi::Store::new(&engine, limits);
     store.limiter(|limits| limits);
-    store.set_fuel(MAX_FUEL_SLICE).unwrap();
+    store.set_fuel(MIN_FUEL_SLICE).unwrap();
     let instance = wasmi::Linker::new(&engine)
         .instantiate_and_start(&mut store, &module)
         .unwrap();
@@ -223,7 +225,7 @@ fn run_exports_directly(wasm: &[u8]) -> Vec<(String, Result<(), wasmi::Error>)> 
             .iter()
             .map(|t| wasmi::Val::default_for_ty(*t))
             .collect();
-        store.set_fuel(MAX_FUEL_SLICE).unwrap();
+        store.set_fuel(MIN_FUEL_SLICE).unwrap();
         outcomes.push((name, func.call(&mut store, &params, &mut results)));
     }
     outcomes
@@ -313,9 +315,10 @@ fn module_exec_endless_tail_call_runs_out_of_fuel() {
 /// tail-dispatch to the next instruction, so each one leaves a native stack
 /// frame behind until the call returns or runs out of fuel; with 100 000
 /// fuel at a time this overflowed a 4 MiB stack and aborted the process.
-/// Fixed in the host: no guest code runs on more than `MAX_FUEL_SLICE` fuel
-/// at a time, and each slice gets 1 MiB of free native stack
-/// (src/runtime/mod.rs). The engine path below uses the same slice.
+/// Fixed in the host: a fuel slice is cut to what the free native stack can
+/// take at `STACK_BYTES_PER_FUEL`, and a call gets a fresh stack segment when
+/// the thread has less than room for `MIN_FUEL_SLICE` (src/runtime/mod.rs).
+/// The engine path below runs each export on `MIN_FUEL_SLICE` fuel.
 #[test]
 fn module_exec_failing_memory_grow_loop() {
     let wasm = module_fixture("crash-aad6e15007327f5ea13ec4890d75fcb5267f3d22.wat");
@@ -354,8 +357,9 @@ fn failing_grow_loop_plugin() -> Vec<u8> {
 
 fn load_failing_grow_loop() -> m3u_plugin_host::Error {
     let limits = RuntimeLimits {
-        // 2 000 slices: far more frames than any stack holds, were they kept.
-        fuel_per_call: 2_000 * MAX_FUEL_SLICE,
+        // Far more frames than any stack holds, were they kept; the
+        // configured slice (20 000 000 by default) is far too large too.
+        fuel_per_call: 2_000 * MIN_FUEL_SLICE,
         ..RuntimeLimits::default()
     };
     PluginRuntime::new(limits, &[])
@@ -391,51 +395,46 @@ fn host_survives_a_failing_memory_grow_loop_on_a_small_thread() {
     assert_eq!(error.label(), "out_of_fuel", "{error}");
 }
 
-/// A slice larger than the stack bound allows is refused up front.
+/// And on a thread with a large stack, where the slices are large too.
 #[test]
-fn fuel_slice_above_the_stack_bound_is_refused() {
-    let limits = RuntimeLimits {
-        fuel_slice: MAX_FUEL_SLICE + 1,
-        ..RuntimeLimits::default()
-    };
-    let Err(error) = PluginRuntime::new(limits, &[]) else {
-        panic!("a fuel slice above MAX_FUEL_SLICE was accepted");
-    };
-    assert!(error.to_string().contains("fuel_slice"), "{error}");
+fn host_survives_a_failing_memory_grow_loop_on_a_large_thread() {
+    let error = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(load_failing_grow_loop)
+        .unwrap()
+        .join()
+        .expect("the loading thread survives");
+    assert_eq!(error.label(), "out_of_fuel", "{error}");
 }
 
-// -------------------------------------------------------------- guest_output
-
-/// What the guest_output target checks for `StageInput` (no failure found):
-/// decoding then encoding gives the input back byte for byte unless the
-/// input used non-minimal varints, which postcard accepts and never writes.
-/// `fields` bits above the 14 known fields are kept and written back as they
-/// came, so a "consistent" `fields` is not even needed.
+/// Slices follow the free stack: never below `MIN_FUEL_SLICE`, never above
+/// what was asked, larger on a larger stack.
 #[test]
-fn guest_output_stage_input_re_encodes_to_its_input() {
-    use m3u_plugin_host::abi::StageInput;
-    #[rustfmt::skip]
-    let canonical: &[u8] = &[
-        0, 0, 0, 0, 0, 0,             // StageContext::default()
-        0xc0, 0xc0, 0x80, 0x80, 0x0f, // fields: ChannelName, Extras + bits 14..31
-        1,                            // one channel
-        0xac, 0x02, 0x01,             // id 300, source_id 1
-        1, b'A',                      // channel_name
-        1, 2, b'#', b'E',             // extras
-    ];
-    let (input, rest) = postcard::take_from_bytes::<StageInput>(canonical).unwrap();
-    assert!(rest.is_empty());
-    assert_eq!(input.channels[0].channel_name, "A");
-    assert_eq!(postcard::to_allocvec(&input).unwrap(), canonical);
-    // The same with `source_id` written as `81 00` (1 in two bytes).
-    let mut overlong = canonical.to_vec();
-    overlong.splice(14..15, [0x81, 0x00]);
-    let (again, _) = postcard::take_from_bytes::<StageInput>(&overlong).unwrap();
-    assert_eq!(again, input);
-    assert_eq!(postcard::to_allocvec(&again).unwrap(), canonical);
+fn fuel_slices_follow_the_free_native_stack() {
+    let on_thread = |stack: usize| {
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(|| stack_safe_fuel_slice(u64::MAX))
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    let (small, default, large) = (
+        on_thread(256 << 10),
+        on_thread(2 << 20),
+        on_thread(64 << 20),
+    );
+    assert_eq!(small, MIN_FUEL_SLICE);
+    assert!(
+        (MIN_FUEL_SLICE..(2 << 20) / 64).contains(&default),
+        "{default}"
+    );
+    assert!(large > 100 * MIN_FUEL_SLICE / 2, "{large}");
+    assert!(large < (64 << 20) / 64, "{large}");
+    assert_eq!(stack_safe_fuel_slice(7), 7);
 }
 
-/// The other side of the slice cap: one instruction that costs more than a
+/// The other side of small slices: one instruction that costs more than a
 /// slice (growing by 40 pages costs 40 960 fuel, filling 2 MiB 32 768) gets
 /// the fuel it needs instead of running out of fuel slice after slice.
 #[test]
@@ -457,6 +456,7 @@ fn an_instruction_dearer_than_a_slice_still_runs() {
     );
     let limits = RuntimeLimits {
         fuel_per_call: 100_000,
+        fuel_slice: MIN_FUEL_SLICE,
         ..RuntimeLimits::default()
     };
     let error = PluginRuntime::new(limits, &[])
