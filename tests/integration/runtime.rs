@@ -266,6 +266,44 @@ fn group_normalizer_normalizes_every_group_of_the_real_playlist() {
     slot.instance.cleanup().expect("cleanup");
 }
 
+/// The SDK reads a config value longer than its 8 KiB scratch region
+/// through the data region in `init`; one too long for that fails `init`
+/// with CONFIG_ERROR instead of passing for a missing key.
+#[test]
+fn long_config_values_are_read_in_init_and_too_long_ones_fail_it() {
+    let (wasm, path) = example_plugin("group_normalizer.wasm");
+    let runtime = runtime_with(RuntimeLimits::default(), &allowlist_with(&["get_config"]));
+    let long_group = format!("Group {}", "x".repeat(20_000));
+    let mut values = std::collections::BTreeMap::new();
+    values.insert("empty_group".to_string(), long_group.clone());
+    values.insert("case".to_string(), "keep".to_string());
+    let long: PluginSettings = [("group_normalizer".to_string(), values.clone())].into();
+    let mut slot = PluginSlot::new(load(&runtime, &wasm, "group_normalizer", &long), path);
+    let mut batch = vec![OwnedChannel {
+        id: 1,
+        channel_name: "No group".into(),
+        ..OwnedChannel::default()
+    }];
+    slot.run(
+        Stage::DataMapping,
+        &context(Stage::DataMapping, 0),
+        &mut batch,
+    )
+    .expect("mapping");
+    assert_eq!(batch[0].group_title, long_group);
+
+    values.insert("empty_group".to_string(), "y".repeat(2 << 20));
+    let too_long: PluginSettings = [("group_normalizer".to_string(), values)].into();
+    let error = expect_error(
+        runtime.load(&wasm, "group_normalizer", &too_long),
+        "a 2 MiB config value",
+    );
+    assert!(
+        matches!(error.kind(), ErrorKind::PluginStatus { status, .. } if *status == m3u_plugin_host::abi::status::CONFIG_ERROR),
+        "{error:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // The flaky-filter test plugin through PluginSlot::run
 // ---------------------------------------------------------------------------

@@ -146,10 +146,21 @@ pub fn plugin_info<P: Plugin>(name: &str) -> i32 {
 
 /// `m3u_init`.
 pub fn init<P: Plugin>() -> i32 {
+    CONFIG_ERROR_SEEN.with(|seen| *seen = false);
     with_instance::<P>(|plugin| match plugin.init() {
+        // A value `config::get` could not read makes the configuration
+        // invalid even if the plugin went on without it.
+        Ok(()) if CONFIG_ERROR_SEEN.with(|seen| *seen) => status::CONFIG_ERROR,
         Ok(()) => status::OK,
         Err(error) => error.status(),
     })
+}
+
+/// Set when `config::get` met a value it could not read (see there).
+static CONFIG_ERROR_SEEN: crate::arena::GuestCell<bool> = crate::arena::GuestCell::new(false);
+
+pub(crate) fn note_config_error() {
+    CONFIG_ERROR_SEEN.with(|seen| *seen = true);
 }
 
 /// `m3u_check_memory_pressure`: 1 if the plugin runs at `level`.

@@ -71,32 +71,42 @@ extern "C" {
     fn host_get_config(key_ptr: *const u8, key_len: i32, out_ptr: *mut u8, out_cap: i32) -> i32;
 }
 
-/// The configuration value for `key`, staged through the arena's scratch
-/// region. `None` if the host has none, the key or value is larger than the
-/// scratch region, or the scratch region is busy.
-pub(crate) fn get_config(key: &str) -> Option<alloc::string::String> {
-    crate::arena::with_scratch(|scratch| {
-        let key_len = key.len();
-        if key_len >= scratch.len() {
-            return None;
-        }
-        let (key_buf, out) = scratch.split_at_mut(key_len);
-        key_buf.copy_from_slice(key.as_bytes());
-        // SAFETY: both pointers are exclusive, disjoint slices of the arena;
-        // the host reads `key_len` bytes and writes at most `out.len()` bytes.
-        let len = unsafe {
-            host_get_config(
-                key_buf.as_ptr(),
-                key_len as i32,
-                out.as_mut_ptr(),
-                out.len() as i32,
-            )
-        };
-        let len = usize::try_from(len).ok()?;
-        let value = out.get(..len)?;
-        core::str::from_utf8(value)
-            .ok()
-            .map(alloc::string::String::from)
-    })
-    .flatten()
+/// What the host answered for one configuration key.
+pub(crate) enum ConfigLookup {
+    /// No such key, or the value is not UTF-8.
+    Missing,
+    /// The value.
+    Value(alloc::string::String),
+    /// The value is this many bytes: more than the buffer offered.
+    TooLong(usize),
+}
+
+/// Asks the host for `key`'s value, staging key and value in `buffer` (a
+/// region of the arena).
+pub(crate) fn get_config(key: &str, buffer: &mut [u8]) -> ConfigLookup {
+    let key_len = key.len();
+    if key_len >= buffer.len() {
+        return ConfigLookup::Missing;
+    }
+    let (key_buf, out) = buffer.split_at_mut(key_len);
+    key_buf.copy_from_slice(key.as_bytes());
+    // SAFETY: both pointers are exclusive, disjoint slices of the arena; the
+    // host reads `key_len` bytes and writes at most `out.len()` bytes.
+    let len = unsafe {
+        host_get_config(
+            key_buf.as_ptr(),
+            key_len as i32,
+            out.as_mut_ptr(),
+            out.len() as i32,
+        )
+    };
+    let Ok(len) = usize::try_from(len) else {
+        return ConfigLookup::Missing;
+    };
+    match out.get(..len) {
+        Some(value) => core::str::from_utf8(value)
+            .map(|text| ConfigLookup::Value(alloc::string::String::from(text)))
+            .unwrap_or(ConfigLookup::Missing),
+        None => ConfigLookup::TooLong(len),
+    }
 }

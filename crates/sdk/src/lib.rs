@@ -320,9 +320,39 @@ impl<'a> Patches<'a> {
 pub mod config {
     use alloc::string::String;
 
+    use crate::hostcalls::{self, ConfigLookup};
+
     /// The value for `key`, or `None` if the host has none.
+    ///
+    /// Values are read through the arena's 8 KiB scratch region; a longer
+    /// one is read through the data region, which is free outside stage
+    /// calls (in `init`). A value that fits neither (or a long one asked for
+    /// during a stage call) is `None`, logged as an error, and makes `init`
+    /// fail with `CONFIG_ERROR` — never silently taken for a missing key.
     pub fn get(key: &str) -> Option<String> {
-        crate::hostcalls::get_config(key)
+        let first = crate::arena::with_scratch(|scratch| hostcalls::get_config(key, scratch));
+        let len = match first {
+            Some(ConfigLookup::Value(value)) => return Some(value),
+            Some(ConfigLookup::Missing) | None => return None,
+            Some(ConfigLookup::TooLong(len)) => len,
+        };
+        match crate::arena::with_data(|data| hostcalls::get_config(key, data)) {
+            Some(ConfigLookup::Value(value)) => Some(value),
+            Some(ConfigLookup::Missing) => None,
+            Some(ConfigLookup::TooLong(_)) | None => {
+                crate::dispatcher::note_config_error();
+                crate::log(
+                    crate::LogLevel::Error,
+                    &alloc::format!(
+                        "config value `{key}` is {len} bytes, more than this plugin can read \
+                         here (at most {} bytes in init, {} during a stage call)",
+                        crate::arena::DATA_BYTES - key.len() - 1,
+                        crate::arena::SCRATCH_BYTES - key.len() - 1
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// The value for `key`, or `default`.
