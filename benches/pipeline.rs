@@ -1,7 +1,8 @@
 //! The whole pipeline as a user runs it: `m3u-plugin-host run` on inputs of
 //! 10k, 100k and 1M channels derived from the real playlist, native-only and
 //! with three plugins (group_normalizer, passthrough, url_rewriter), with fuel
-//! metering on and off, streaming and in-memory. Each run is a separate
+//! metering on and off, streaming and in-memory, and the numbering barrier
+//! holding the playlist plain or LZ4-compressed. Each run is a separate
 //! process, so its peak RSS (`VmHWM`, from `--stats-json`) is its own.
 //! Prints time, channels/s and peak RSS beside the native-only run of the
 //! same size, measured in the same bench run.
@@ -80,6 +81,13 @@ const STREAMING: [&str; 5] = [
     "streaming_numbering",
     "url_rewriter",
 ];
+const NUMBERING_BARRIER: [&str; 5] = [
+    "streaming_source",
+    "native_mapping",
+    "native_filter",
+    "inmemory_numbering",
+    "streaming_writer",
+];
 const IN_MEMORY: [&str; 5] = [
     "inmemory_full",
     "group_normalizer",
@@ -107,6 +115,11 @@ fn setups() -> Vec<Setup> {
                      data_mapping = [\"group_normalizer\"]\nfiltering = [\"passthrough\"]\n\
                      channel_numbering = [\"inmemory_numbering\"]\n\
                      m3u_generation = [\"sorted_writer\"]\n";
+    let barrier =
+        "[output]\npath = \"/dev/null\"\n[proxy_generation.wasm_plugins]\nenabled = false\n\
+                   [proxy_generation.wasm_plugins.strategies]\n\
+                   channel_numbering = [\"inmemory_numbering\"]\n"
+            .to_string();
     vec![
         Setup {
             label: "native only (baseline)",
@@ -127,6 +140,20 @@ fn setups() -> Vec<Setup> {
             pressure: "high",
             toml: plugin_config(false, streaming),
             strategies: STREAMING,
+        },
+        // The numbering barrier holds the whole playlist: plain at low
+        // pressure, LZ4-compressed at high pressure (`compress_held`).
+        Setup {
+            label: "native, numbering barrier, plain",
+            pressure: "optimal",
+            toml: format!("[pipeline]\ncompress_held = \"never\"\n{barrier}"),
+            strategies: NUMBERING_BARRIER,
+        },
+        Setup {
+            label: "native, numbering barrier, LZ4",
+            pressure: "high",
+            toml: barrier,
+            strategies: NUMBERING_BARRIER,
         },
         Setup {
             label: "2 plugins, in-memory (sorted)",

@@ -150,14 +150,32 @@ pub struct PipelineConfig {
     /// Channels per batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// How `inmemory_numbering` holds the playlist until the input ends.
+    #[serde(default)]
+    pub compress_held: CompressHeld,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             batch_size: default_batch_size(),
+            compress_held: CompressHeld::default(),
         }
     }
+}
+
+/// `[pipeline] compress_held`: whether held batches are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressHeld {
+    /// Compressed at `high` pressure and above, which also keeps
+    /// `inmemory_numbering` available up to `critical` (default).
+    #[default]
+    Auto,
+    /// Always compressed (and available up to `critical`).
+    Always,
+    /// Never compressed: `inmemory_numbering` only up to `moderate`.
+    Never,
 }
 
 fn default_batch_size() -> usize {

@@ -185,16 +185,41 @@ impl Default for ChannelNumberer {
 /// `tvg_chno`.
 pub fn number_in_memory(channels: &mut [Channel<'_>], start: u32) {
     let mut numberer = ChannelNumberer::new(start);
-    let mut unnumbered = Vec::new();
+    let explicit = reserve_explicit_numbers(&mut numberer, channels);
+    number_the_rest(&mut numberer, channels, &explicit);
+}
+
+/// First pass of in-memory numbering, run batch by batch as channels arrive:
+/// channels with an explicit number get it (or the next free one). Returns
+/// which channels those were, one bit per channel (bit `i % 64` of word
+/// `i / 64`), for [`number_the_rest`].
+pub fn reserve_explicit_numbers(
+    numberer: &mut ChannelNumberer,
+    channels: &mut [Channel<'_>],
+) -> Vec<u64> {
+    let mut explicit = vec![0u64; channels.len().div_ceil(64)];
     for (index, channel) in channels.iter_mut().enumerate() {
         if explicit_number(channel).is_some() {
             numberer.assign(channel);
-        } else {
-            unnumbered.push(index);
+            explicit[index / 64] |= 1 << (index % 64);
         }
     }
-    for index in unnumbered {
-        if let Some(channel) = channels.get_mut(index) {
+    explicit
+}
+
+/// Second pass, over the same channels in the same order once every
+/// explicit number is reserved: numbers the channels whose bit in
+/// `explicit` is clear.
+pub fn number_the_rest(
+    numberer: &mut ChannelNumberer,
+    channels: &mut [Channel<'_>],
+    explicit: &[u64],
+) {
+    for (index, channel) in channels.iter_mut().enumerate() {
+        let reserved = explicit
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0);
+        if !reserved {
             numberer.assign(channel);
         }
     }

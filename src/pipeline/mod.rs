@@ -7,6 +7,7 @@
 //! the default; an in-memory strategy (chosen only under low memory pressure)
 //! holds the playlist at its stage and lets it go on once all has arrived.
 
+mod held;
 mod plugin_stage;
 mod stats;
 pub mod strategy;
@@ -18,18 +19,23 @@ use std::time::{Duration, Instant};
 
 use m3u_proxy_plugin_abi::{MemoryPressureLevel, Stage, StageContext};
 
-use crate::config::Config;
+use crate::config::{CompressHeld, Config};
 use crate::m3u::{M3uReader, M3uWriter, PlaylistHeader};
 use crate::memory::MemoryMonitor;
 use crate::native::filter::{FilterAction, FilterRule, FilterSet};
 use crate::native::mapping::Mapper;
-use crate::native::numbering::{number_in_memory, ChannelNumberer};
+use crate::native::numbering::{number_the_rest, reserve_explicit_numbers, ChannelNumberer};
 use crate::runtime::PluginRuntime;
 use crate::{Error, ErrorKind, OwnedChannel, Result};
 
+pub use held::HoldMode;
+use held::{HeldBatch, HeldBatches};
 pub use plugin_stage::PluginSlot;
-pub use stats::{PluginStats, RunStats, StageStats};
-use strategy::{Candidate, NativeStrategy, StagePlan, IN_MEMORY_MAX_PRESSURE};
+pub use stats::{HeldStats, PluginStats, RunStats, StageStats};
+use strategy::{Candidate, NativeStrategy, PluginChain, StagePlan};
+use strategy::{
+    CHAIN_SEPARATOR, COMPRESSED_HOLD_MAX_PRESSURE, IN_MEMORY_MAX_PRESSURE, MAX_CHAIN_LEN,
+};
 
 /// One playlist input.
 pub struct Source {
@@ -493,10 +499,27 @@ impl Pipeline {
                     }
                     continue;
                 }
-                let known = !plugins_enabled
-                    || self.plugins.iter().any(|slot| slot.name() == name.as_str())
-                    || self.failed_plugin_names.contains(name);
-                if !known {
+                let members: Vec<&str> = name.split(CHAIN_SEPARATOR).collect();
+                if members.len() > MAX_CHAIN_LEN {
+                    return Err(Error::config_key(
+                        format!("proxy_generation.wasm_plugins.strategies.{}", stage.name()),
+                        format!(
+                            "`{name}` chains {} plugins; at most {MAX_CHAIN_LEN}",
+                            members.len()
+                        ),
+                    ));
+                }
+                if members.len() > 1 {
+                    self.check_chain(stage, name, &members)?;
+                }
+                let unknown = members.iter().find(|member| {
+                    NativeStrategy::from_name(member).is_none()
+                        && plugins_enabled
+                        && !self.plugins.iter().any(|slot| slot.name() == **member)
+                        && !self.failed_plugin_names.contains(**member)
+                });
+                if let Some(member) = unknown {
+                    let name = member;
                     let natives: Vec<&str> = NativeStrategy::ALL
                         .iter()
                         .filter(|s| s.stage() == stage)
@@ -522,6 +545,65 @@ impl Pipeline {
         Ok(())
     }
 
+    /// A chained name: plugins, then at most one streaming native strategy
+    /// of this stage, last.
+    fn check_chain(&self, stage: Stage, name: &str, members: &[&str]) -> Result<()> {
+        let key = format!("proxy_generation.wasm_plugins.strategies.{}", stage.name());
+        let (last, plugins) = members.split_last().expect("a chain has members");
+        if let Some(native) = plugins
+            .iter()
+            .find(|m| NativeStrategy::from_name(m).is_some())
+        {
+            return Err(Error::config_key(
+                key,
+                format!(
+                    "`{name}` has the native strategy `{native}` before a plugin; a native \
+                     strategy can only end a chain"
+                ),
+            ));
+        }
+        if let Some(native) = NativeStrategy::from_name(last) {
+            if native.stage() != stage || native.in_memory() {
+                let streaming: Vec<&str> = NativeStrategy::ALL
+                    .iter()
+                    .filter(|s| s.stage() == stage && !s.in_memory())
+                    .map(|s| s.name())
+                    .collect();
+                return Err(Error::config_key(
+                    key,
+                    format!(
+                        "`{name}` ends with `{last}`; a chain can end only with a streaming \
+                         native strategy of {}: {}",
+                        stage.name(),
+                        streaming.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Highest pressure at which an in-memory `native` strategy is chosen:
+    /// the numbering barrier can hold its channels compressed, so it stays
+    /// available longer unless `compress_held = "never"`.
+    fn max_pressure_of(&self, native: NativeStrategy) -> MemoryPressureLevel {
+        let can_compress = self.config.pipeline.compress_held != CompressHeld::Never;
+        if native == NativeStrategy::InMemoryNumbering && can_compress {
+            COMPRESSED_HOLD_MAX_PRESSURE
+        } else {
+            IN_MEMORY_MAX_PRESSURE
+        }
+    }
+
+    /// How the numbering barrier holds channels at this pressure level.
+    pub fn hold_mode(&self, level: MemoryPressureLevel) -> HoldMode {
+        match self.config.pipeline.compress_held {
+            CompressHeld::Always => HoldMode::Compressed,
+            CompressHeld::Auto if level > IN_MEMORY_MAX_PRESSURE => HoldMode::Compressed,
+            CompressHeld::Auto | CompressHeld::Never => HoldMode::Plain,
+        }
+    }
+
     /// Chooses the strategy chain of every stage for this pressure level.
     pub fn plan(&mut self, level: MemoryPressureLevel) -> Vec<StagePlan> {
         Stage::ALL
@@ -542,62 +624,46 @@ impl Pipeline {
         let mut skipped = Vec::new();
         for name in &names {
             if let Some(native) = NativeStrategy::from_name(name) {
-                if native.in_memory() && level > IN_MEMORY_MAX_PRESSURE {
+                if native.in_memory() && level > self.max_pressure_of(native) {
                     skipped.push(format!("{name} (in-memory, pressure is {})", level.name()));
                     continue;
                 }
                 chain.push(Candidate::Native(native));
                 break; // natives do not fail: nothing after one is reachable
             }
-            let Some(index) = self
-                .plugins
-                .iter()
-                .position(|slot| slot.name() == name.as_str())
-            else {
-                skipped.push(format!("{name} (not loaded)"));
-                continue;
-            };
-            let back_off = Duration::from_secs(
-                self.config
-                    .proxy_generation
-                    .wasm_plugins
-                    .fallbacks
-                    .circuit_reset_seconds,
-            );
-            let slot = &mut self.plugins[index];
-            if slot.maybe_close_circuit(back_off) {
-                log::info!("plugin `{name}`: back-off over, trying it again");
-            }
-            if slot.disabled {
-                skipped.push(format!(
-                    "{name} (switched off after {} failures)",
-                    slot.failures
-                ));
-            } else if !slot.instance.info().supports(stage) {
-                skipped.push(format!("{name} (does not implement {})", stage.name()));
-            } else {
-                match slot.instance.accepts_pressure(level) {
-                    Ok(true) => chain.push(Candidate::Plugin(index)),
-                    Ok(false) => {
-                        skipped.push(format!("{name} (declines pressure {})", level.name()))
-                    }
-                    Err(error) => {
-                        let max_failures = self
-                            .config
-                            .proxy_generation
-                            .wasm_plugins
-                            .fallbacks
-                            .max_plugin_failures;
-                        slot.record_failure(&error, max_failures);
-                        skipped.push(format!("{name} (failed its pressure check: {error})"));
+            let mut plugins = PluginChain::new();
+            let mut then = None;
+            let mut unusable = None;
+            for member in name.split(CHAIN_SEPARATOR) {
+                // check_strategy_names lets a native only end a chain, and
+                // bounds the chain's length.
+                if let Some(native) = NativeStrategy::from_name(member) {
+                    then = Some(native);
+                    break;
+                }
+                match self.usable_plugin(member, stage, level) {
+                    Ok(index) => plugins.push(index).expect("chain length checked"),
+                    Err(why) => {
+                        unusable = Some(why);
+                        break;
                     }
                 }
+            }
+            match unusable {
+                None => chain.push(Candidate::Plugins {
+                    chain: plugins,
+                    then,
+                }),
+                Some(why) if name.contains(CHAIN_SEPARATOR) => {
+                    skipped.push(format!("{name} ({why})"))
+                }
+                Some(why) => skipped.push(why),
             }
         }
         if !matches!(chain.last(), Some(Candidate::Native(_))) {
             chain.push(Candidate::Native(NativeStrategy::streaming_default(stage)));
         }
-        let first = self.candidate_name(chain[0]);
+        let first = self.candidate_name(&chain[0]);
         let reason = match (names.is_empty(), skipped.is_empty()) {
             (true, _) => "nothing listed: native streaming default".to_string(),
             (false, true) => "first listed candidate".to_string(),
@@ -611,9 +677,50 @@ impl Pipeline {
         }
     }
 
-    fn candidate_name(&self, candidate: Candidate) -> String {
+    /// The index of plugin `name` if it can run `stage` at `level`, else
+    /// why not (for the plan's reason).
+    fn usable_plugin(
+        &mut self,
+        name: &str,
+        stage: Stage,
+        level: MemoryPressureLevel,
+    ) -> std::result::Result<usize, String> {
+        let fallbacks = &self.config.proxy_generation.wasm_plugins.fallbacks;
+        let back_off = Duration::from_secs(fallbacks.circuit_reset_seconds);
+        let max_failures = fallbacks.max_plugin_failures;
+        let Some(index) = self.plugins.iter().position(|slot| slot.name() == name) else {
+            return Err(format!("{name} (not loaded)"));
+        };
+        let slot = &mut self.plugins[index];
+        if slot.maybe_close_circuit(back_off) {
+            log::info!("plugin `{name}`: back-off over, trying it again");
+        }
+        if slot.disabled {
+            return Err(format!(
+                "{name} (switched off after {} failures)",
+                slot.failures
+            ));
+        }
+        if !slot.instance.info().supports(stage) {
+            return Err(format!("{name} (does not implement {})", stage.name()));
+        }
+        match slot.instance.accepts_pressure(level) {
+            Ok(true) => Ok(index),
+            Ok(false) => Err(format!("{name} (declines pressure {})", level.name())),
+            Err(error) => {
+                slot.record_failure(&error, max_failures);
+                Err(format!("{name} (failed its pressure check: {error})"))
+            }
+        }
+    }
+
+    fn candidate_name(&self, candidate: &Candidate) -> String {
         match candidate {
-            Candidate::Plugin(index) => self.plugins[index].name().to_string(),
+            Candidate::Plugins { chain, then } => {
+                let plugins = chain.iter().map(|&i| self.plugins[i].name());
+                let names: Vec<&str> = plugins.chain(then.map(NativeStrategy::name)).collect();
+                names.join(&CHAIN_SEPARATOR.to_string())
+            }
             Candidate::Native(native) => native.name().to_string(),
         }
     }
@@ -655,7 +762,7 @@ impl Pipeline {
                     .iter()
                     .map(|plan| StageStats {
                         stage: plan.stage.name().to_string(),
-                        strategy: self.candidate_name(plan.chain[0]),
+                        strategy: self.candidate_name(&plan.chain[0]),
                         reason: plan.reason.clone(),
                         ..StageStats::default()
                     })
@@ -672,7 +779,8 @@ impl Pipeline {
                 batch_index: 0,
             },
             numberer: ChannelNumberer::new(self.config.numbering.start),
-            held: Vec::new(),
+            numbering_hold: HeldBatches::new(self.hold_mode(level)),
+            sorted: Vec::new(),
             plans,
         };
         let plugin_baseline: Vec<(u64, u64)> = self
@@ -716,7 +824,14 @@ impl Pipeline {
                 self.run_stage(&mut run, stage_index, &mut batch)?;
             }
             if numbering_barrier {
-                run.held.append(&mut batch);
+                let stage_started = Instant::now();
+                let explicit = reserve_explicit_numbers(&mut run.numberer, &mut batch);
+                run.stats.stages[3].channels_in += batch.len() as u64;
+                run.numbering_hold.push(HeldBatch {
+                    channels: batch,
+                    explicit,
+                })?;
+                run.stats.stages[3].time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
                 continue;
             }
             self.run_stage(&mut run, 3, &mut batch)?;
@@ -728,21 +843,37 @@ impl Pipeline {
             sink.begin(&loader.header)?;
         }
         if numbering_barrier {
-            let held = std::mem::take(&mut run.held);
-            let stage_started = Instant::now();
-            let mut all = held;
-            number_in_memory(&mut all, self.config.numbering.start);
-            let numbering = &mut run.stats.stages[3];
-            numbering.channels_in += all.len() as u64;
-            numbering.channels_out += all.len() as u64;
-            numbering.count_batch(NativeStrategy::InMemoryNumbering.name());
-            numbering.time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
-            for chunk in chunks(all, batch_size) {
-                self.finish_batch(&mut run, chunk, sorted_output, sink)?;
+            let hold =
+                std::mem::replace(&mut run.numbering_hold, HeldBatches::new(HoldMode::Plain));
+            let hold_stats = hold.stats();
+            run.stats.held = Some(HeldStats {
+                mode: match hold.mode() {
+                    HoldMode::Plain => "plain",
+                    HoldMode::Compressed => "compressed",
+                }
+                .to_string(),
+                channels: hold_stats.channels,
+                encoded_bytes: hold_stats.encoded_bytes,
+                compressed_bytes: hold_stats.compressed_bytes,
+            });
+            // Batch by batch: each is decompressed (if it was compressed),
+            // numbered and sent on before the next is touched.
+            for held in hold.into_batches() {
+                let stage_started = Instant::now();
+                let HeldBatch {
+                    mut channels,
+                    explicit,
+                } = held?;
+                number_the_rest(&mut run.numberer, &mut channels, &explicit);
+                let numbering = &mut run.stats.stages[3];
+                numbering.channels_out += channels.len() as u64;
+                numbering.count_batch(NativeStrategy::InMemoryNumbering.name());
+                numbering.time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
+                self.finish_batch(&mut run, channels, sorted_output, sink)?;
             }
         }
         if sorted_output {
-            let mut all = std::mem::take(&mut run.held);
+            let mut all = std::mem::take(&mut run.sorted);
             let stage_started = Instant::now();
             all.sort_by_key(|channel| channel.tvg_chno.parse::<u64>().unwrap_or(u64::MAX));
             let generation = &mut run.stats.stages[4];
@@ -804,7 +935,7 @@ impl Pipeline {
         sink: &mut dyn ChannelSink,
     ) -> Result<()> {
         if sorted_output {
-            run.held.append(&mut batch);
+            run.sorted.append(&mut batch);
             return Ok(());
         }
         self.run_stage(run, 4, &mut batch)?;
@@ -832,58 +963,76 @@ impl Pipeline {
             Duration::from_secs(self.config.proxy_generation.wasm_plugins.timeout_seconds);
         let fallback_timeout = Duration::from_millis(fallbacks.fallback_timeout_ms);
         let mut used = None;
-        for (position, &candidate) in run.plans[stage_index].chain.iter().enumerate() {
-            match candidate {
+        let candidates = run.plans[stage_index].chain.clone();
+        for (position, candidate) in candidates.iter().enumerate() {
+            let (chain, then) = match candidate {
                 Candidate::Native(native) => {
-                    self.apply_native(native, batch, &mut run.numberer);
+                    self.apply_native(*native, batch, &mut run.numberer);
                     used = Some(native.name().to_string());
                     break;
                 }
-                Candidate::Plugin(index) => {
-                    let slot = &mut self.plugins[index];
-                    if slot.disabled {
-                        continue;
+                Candidate::Plugins { chain, then } => (chain, then),
+            };
+            if chain.iter().any(|&index| self.plugins[index].disabled) {
+                continue;
+            }
+            let timeout = if position == 0 {
+                normal_timeout
+            } else {
+                fallback_timeout.min(normal_timeout)
+            };
+            // A single plugin leaves a batch it fails on untouched; a chain
+            // keeps the stage's input to give the next candidate.
+            let stage_input = (chain.len() > 1).then(|| batch.clone());
+            let mut failed = None;
+            for &index in chain {
+                let slot = &mut self.plugins[index];
+                slot.instance.set_call_timeout(timeout);
+                run.stats.plugin_calls += 1;
+                match slot.run(stage, &run.context, batch) {
+                    Ok(()) => {}
+                    Err(error) if error.is_plugin_failure() => {
+                        failed = Some((index, error));
+                        break;
                     }
-                    slot.instance.set_call_timeout(if position == 0 {
-                        normal_timeout
-                    } else {
-                        fallback_timeout.min(normal_timeout)
-                    });
-                    run.stats.plugin_calls += 1;
-                    match slot.run(stage, &run.context, batch) {
-                        Ok(()) => {
-                            slot.record_success();
-                            used = Some(slot.name().to_string());
-                            break;
-                        }
-                        Err(error) if error.is_plugin_failure() => {
-                            run.stats.plugin_failures += 1;
-                            log::warn!(
-                                "plugin `{}` failed on batch {} of {}: {error}",
-                                slot.name(),
-                                run.context.batch_index,
-                                stage.name()
-                            );
-                            if slot.record_failure(&error, max_failures) {
-                                log::warn!(
-                                    "plugin `{}` switched off after {} failures \
-                                     (max_plugin_failures)",
-                                    slot.name(),
-                                    slot.failures
-                                );
-                            }
-                            if aborted_mid_call(&error) {
-                                self.respawn(index);
-                            }
-                            if !enable_fallbacks {
-                                return Err(error);
-                            }
-                            run.stats.fallbacks += 1;
-                        }
-                        Err(error) => return Err(error),
-                    }
+                    Err(error) => return Err(error),
                 }
             }
+            let Some((index, error)) = failed else {
+                for &index in chain {
+                    self.plugins[index].record_success();
+                }
+                if let Some(native) = then {
+                    self.apply_native(*native, batch, &mut run.numberer);
+                }
+                used = Some(self.candidate_name(candidate));
+                break;
+            };
+            if let Some(input) = stage_input {
+                *batch = input;
+            }
+            run.stats.plugin_failures += 1;
+            let slot = &mut self.plugins[index];
+            log::warn!(
+                "plugin `{}` failed on batch {} of {}: {error}",
+                slot.name(),
+                run.context.batch_index,
+                stage.name()
+            );
+            if slot.record_failure(&error, max_failures) {
+                log::warn!(
+                    "plugin `{}` switched off after {} failures (max_plugin_failures)",
+                    slot.name(),
+                    slot.failures
+                );
+            }
+            if aborted_mid_call(&error) {
+                self.respawn(index);
+            }
+            if !enable_fallbacks {
+                return Err(error);
+            }
+            run.stats.fallbacks += 1;
         }
         let stage_stats = &mut run.stats.stages[stage_index];
         if let Some(name) = used {
@@ -935,7 +1084,10 @@ struct RunState {
     stats: RunStats,
     context: StageContext<'static>,
     numberer: ChannelNumberer,
-    held: Vec<OwnedChannel>,
+    /// The numbering barrier's channels (`inmemory_numbering`).
+    numbering_hold: HeldBatches,
+    /// The sort buffer (`sorted_writer`).
+    sorted: Vec<OwnedChannel>,
     plans: Vec<StagePlan>,
 }
 

@@ -92,6 +92,22 @@ pub struct RunStats {
     pub time_ms: f64,
     /// Peak resident memory of the process, in bytes, if known.
     pub peak_rss_bytes: Option<u64>,
+    /// What `inmemory_numbering` held, when it ran.
+    pub held: Option<HeldStats>,
+}
+
+/// What the numbering barrier (`inmemory_numbering`) held until the input
+/// ended.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct HeldStats {
+    /// `plain` or `compressed` (`[pipeline] compress_held`).
+    pub mode: String,
+    /// Channels held.
+    pub channels: u64,
+    /// Their postcard size (compressed mode only, else 0).
+    pub encoded_bytes: u64,
+    /// What was held after LZ4 (compressed mode only, else 0).
+    pub compressed_bytes: u64,
 }
 
 impl RunStats {
@@ -129,6 +145,18 @@ impl RunStats {
                 stage.time_ms,
                 batches.join(", ")
             );
+        }
+        if let Some(held) = &self.held {
+            let _ = write!(out, "held {} channels {}", held.channels, held.mode);
+            if held.compressed_bytes > 0 {
+                let _ = write!(
+                    out,
+                    ": {:.1} MiB encoded → {:.1} MiB compressed",
+                    held.encoded_bytes as f64 / 1048576.0,
+                    held.compressed_bytes as f64 / 1048576.0
+                );
+            }
+            out.push('\n');
         }
         let _ = writeln!(
             out,

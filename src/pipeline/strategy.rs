@@ -28,6 +28,10 @@ pub enum NativeStrategy {
 /// Highest pressure at which an in-memory strategy is chosen.
 pub const IN_MEMORY_MAX_PRESSURE: MemoryPressureLevel = MemoryPressureLevel::Moderate;
 
+/// Highest pressure at which `inmemory_numbering` is chosen when it may hold
+/// its channels compressed (`[pipeline] compress_held`, `auto` by default).
+pub const COMPRESSED_HOLD_MAX_PRESSURE: MemoryPressureLevel = MemoryPressureLevel::Critical;
+
 impl NativeStrategy {
     /// Every native strategy.
     pub const ALL: [NativeStrategy; 8] = [
@@ -97,11 +101,32 @@ impl NativeStrategy {
     }
 }
 
+/// Most members in one chained strategy (`"a+b+c"`).
+pub const MAX_CHAIN_LEN: usize = 8;
+
+/// Separates the members of a chained strategy name:
+/// `"sports_optimizer+logo_mapper"` runs both, in that order, on every batch
+/// of the stage; `"dedup+native_filter"` runs the plugin, then the native
+/// strategy.
+pub const CHAIN_SEPARATOR: char = '+';
+
+/// Plugins of one candidate, by index in the pipeline's plugin list, in the
+/// order they run.
+pub type PluginChain = heapless::Vec<usize, MAX_CHAIN_LEN>;
+
 /// One usable candidate of a stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Candidate {
-    /// A plugin, by its index in the pipeline's plugin list.
-    Plugin(usize),
+    /// One plugin, or several run one after another on the same batch,
+    /// optionally followed by a streaming native strategy. If any plugin
+    /// fails, the batch goes to the next candidate as it was before the
+    /// first one ran.
+    Plugins {
+        /// The plugins, in order.
+        chain: PluginChain,
+        /// A native strategy run after them (the last member of the name).
+        then: Option<NativeStrategy>,
+    },
     /// A native strategy.
     Native(NativeStrategy),
 }

@@ -104,12 +104,21 @@ fn forced_high_pressure_switches_to_streaming_with_the_same_channels() {
         (stats(&stats_path), std::fs::read_to_string(output).unwrap())
     };
     let (low, low_m3u) = run("moderate");
-    let (high, high_m3u) = run("critical");
+    let (critical, critical_m3u) = run("critical");
+    let (high, high_m3u) = run("emergency");
     assert_eq!(strategies(&low)[3], "inmemory_numbering");
+    assert_eq!(low["held"]["mode"], "plain");
+    // At critical only the numbering barrier stays in memory, compressed.
+    assert_eq!(strategies(&critical)[0], "streaming_source");
+    assert_eq!(strategies(&critical)[3], "inmemory_numbering");
+    assert_eq!(critical["held"]["mode"], "compressed");
+    assert_eq!(strategies(&critical)[4], "streaming_writer");
     assert_eq!(strategies(&high)[0], "streaming_source");
     assert_eq!(strategies(&high)[3], "streaming_numbering");
     assert_eq!(strategies(&high)[4], "streaming_writer");
+    assert!(high["held"].is_null());
     assert_eq!(entries(&low_m3u), entries(&high_m3u));
+    assert_eq!(entries(&low_m3u), entries(&critical_m3u));
 }
 
 #[test]

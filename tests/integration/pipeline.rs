@@ -187,7 +187,8 @@ fn numbering_keeps_explicit_numbers_and_resolves_collisions() {
 #[test]
 fn memory_pressure_switches_in_memory_strategies_to_streaming() {
     let empty = scratch_dir("empty");
-    let extra = "[proxy_generation.wasm_plugins.strategies]\n\
+    let extra = "[pipeline]\ncompress_held = \"never\"\n\
+        [proxy_generation.wasm_plugins.strategies]\n\
         source_loading = [\"inmemory_full\"]\n\
         channel_numbering = [\"inmemory_numbering\"]\n\
         m3u_generation = [\"sorted_writer\"]\n";
@@ -221,6 +222,69 @@ fn memory_pressure_switches_in_memory_strategies_to_streaming() {
         .contains("inmemory_numbering (in-memory, pressure is high)"));
     assert_eq!(high.memory_pressure, "high");
     assert_eq!(low_out.len(), high_out.len());
+}
+
+#[test]
+fn numbering_barrier_holds_compressed_under_high_pressure_with_the_same_output() {
+    let empty = scratch_dir("empty");
+    let extra = "[proxy_generation.wasm_plugins.strategies]\n\
+        channel_numbering = [\"inmemory_numbering\"]\n";
+    let (plain_out, plain) = run(config(&empty, extra), MemoryPressureLevel::Optimal);
+    let (compressed_out, compressed) = run(config(&empty, extra), MemoryPressureLevel::High);
+    let (critical_out, critical) = run(config(&empty, extra), MemoryPressureLevel::Critical);
+    let (_, emergency) = run(config(&empty, extra), MemoryPressureLevel::Emergency);
+
+    for stats in [&plain, &compressed, &critical] {
+        assert_eq!(stats.stages[3].strategy, "inmemory_numbering");
+    }
+    assert_eq!(emergency.stages[3].strategy, "streaming_numbering");
+    assert!(emergency.held.is_none());
+
+    let plain_held = plain.held.as_ref().expect("held");
+    let compressed_held = compressed.held.as_ref().expect("held");
+    assert_eq!(plain_held.mode, "plain");
+    assert_eq!(compressed_held.mode, "compressed");
+    assert_eq!(compressed_held.channels, compressed.channels_written);
+    assert!(
+        compressed_held.compressed_bytes * 2 < compressed_held.encoded_bytes,
+        "{compressed_held:?}"
+    );
+    // Compression changes how the channels wait, never what comes out.
+    assert_eq!(compressed_out, plain_out);
+    assert_eq!(critical_out, plain_out);
+    assert_eq!(
+        compressed.stages[3].channels_in,
+        compressed.stages[3].channels_out
+    );
+
+    // Every channel numbered exactly once.
+    let numbers: std::collections::HashSet<&str> =
+        plain_out.iter().map(|c| c.tvg_chno.as_ref()).collect();
+    assert_eq!(numbers.len(), plain_out.len(), "numbers are unique");
+}
+
+#[test]
+fn compress_held_always_and_never_are_obeyed() {
+    let empty = scratch_dir("empty");
+    let with = |mode: &str| {
+        format!(
+            "[pipeline]\ncompress_held = \"{mode}\"\n\
+             [proxy_generation.wasm_plugins.strategies]\n\
+             channel_numbering = [\"inmemory_numbering\"]\n"
+        )
+    };
+    let (always_out, always) = run(
+        config(&empty, &with("always")),
+        MemoryPressureLevel::Optimal,
+    );
+    let (never_out, never) = run(config(&empty, &with("never")), MemoryPressureLevel::Optimal);
+    let (_, never_high) = run(config(&empty, &with("never")), MemoryPressureLevel::High);
+    assert_eq!(always.held.expect("held").mode, "compressed");
+    assert_eq!(never.held.expect("held").mode, "plain");
+    assert_eq!(always_out, never_out);
+    assert_eq!(never_high.stages[3].strategy, "streaming_numbering");
+    let error = Config::from_toml("[pipeline]\ncompress_held = \"sometimes\"\n").unwrap_err();
+    assert!(error.to_string().contains("compress_held"), "{error}");
 }
 
 #[test]
@@ -295,6 +359,166 @@ fn failing_plugin_batches_fall_back_and_the_output_equals_the_native_run() {
         .batches_by_strategy
         .iter()
         .any(|(s, n)| s == "flaky_filter" && *n > 0));
+}
+
+#[test]
+fn a_chained_strategy_runs_each_plugin_in_order_on_every_batch() {
+    let dir = plugin_dir(&["tagger_a", "group_normalizer"]);
+    let settings = "[plugins.group_normalizer]\nempty_group = \"Other\"\n";
+    let chained = format!(
+        "[proxy_generation.wasm_plugins.strategies]\n\
+         data_mapping = [\"tagger+group_normalizer\", \"native_mapping\"]\n{settings}"
+    );
+    let single = format!(
+        "[proxy_generation.wasm_plugins.strategies]\n\
+         data_mapping = [\"group_normalizer\"]\n{settings}"
+    );
+    let (chain_out, stats) = run(config(&dir, &chained), MemoryPressureLevel::Optimal);
+    let (single_out, _) = run(config(&dir, &single), MemoryPressureLevel::Optimal);
+    assert_eq!(stats.stages[1].strategy, "tagger+group_normalizer");
+    assert_eq!(
+        stats.stages[1].batches_by_strategy,
+        [("tagger+group_normalizer".to_string(), stats.batches)]
+    );
+    assert_eq!(stats.plugin_calls, 2 * stats.batches);
+    assert_eq!(chain_out.len(), single_out.len());
+    for (chained, single) in chain_out.iter().zip(&single_out) {
+        // The tagger's stamp, then the normalizer's work, on the same channel.
+        assert_eq!(chained.attribute("tagger-build"), Some("a"));
+        let mut without_stamp = chained.clone();
+        without_stamp
+            .attributes
+            .retain(|a| a.name != "tagger-build");
+        assert_eq!(&without_stamp, single);
+    }
+}
+
+#[test]
+fn a_chain_failing_midway_hands_the_untouched_batch_to_the_next_candidate() {
+    let dir = plugin_dir(&["tagger_a", "flaky_filter"]);
+    // The tagger stamps every channel, then the flaky mapper traps on batches
+    // holding a "(240p)" channel: those batches must reach native_mapping
+    // (no rules: no change) without the tagger's stamp.
+    let extra = "[proxy_generation.wasm_plugins.strategies]\n\
+         data_mapping = [\"tagger+flaky_filter\", \"native_mapping\"]\n\
+         [proxy_generation.wasm_plugins.fallbacks]\nmax_plugin_failures = 1000\n\
+         [plugins.flaky_filter]\ntrap_on = \"(240p)\"\n[pipeline]\nbatch_size = 64\n";
+    let (out, stats) = run(config(&dir, extra), MemoryPressureLevel::Optimal);
+    let (_, input, _) = read_all(PLAYLIST, 0);
+    assert_eq!(out.len(), input.len(), "nothing lost");
+    let mut failing_batches = 0;
+    for (batch_in, batch_out) in input.chunks(64).zip(out.chunks(64)) {
+        let traps = batch_in.iter().any(|c| c.channel_name.contains("(240p)"));
+        failing_batches += u64::from(traps);
+        for (before, after) in batch_in.iter().zip(batch_out) {
+            assert_eq!(before.channel_name, after.channel_name, "order kept");
+            let stamp = if traps { None } else { Some("a") };
+            assert_eq!(
+                after.attribute("tagger-build"),
+                stamp,
+                "{}",
+                after.channel_name
+            );
+        }
+    }
+    assert!(failing_batches > 0, "the playlist has (240p) channels");
+    assert_eq!(stats.fallbacks, failing_batches);
+    let flaky = stats
+        .plugins
+        .iter()
+        .find(|p| p.name == "flaky_filter")
+        .unwrap();
+    let tagger = stats.plugins.iter().find(|p| p.name == "tagger").unwrap();
+    assert_eq!(
+        flaky.failures_by_kind.values().sum::<u64>(),
+        failing_batches
+    );
+    assert_eq!(
+        tagger.failures, 0,
+        "the failure is charged to the plugin that failed"
+    );
+}
+
+#[test]
+fn a_chain_can_end_with_the_native_strategy_of_its_stage() {
+    let dir = plugin_dir(&["tagger_a", "flaky_filter"]);
+    let rules = "[mapping]\nrules = ['channel_name matches \"^(.*) \\\\(720p\\\\)$\" SET channel_name = \"$1\"']\n";
+    let chained = format!(
+        "{rules}[proxy_generation.wasm_plugins.strategies]\n\
+         data_mapping = [\"tagger+flaky_filter+native_mapping\", \"native_mapping\"]\n\
+         [proxy_generation.wasm_plugins.fallbacks]\nmax_plugin_failures = 1000\n\
+         [plugins.flaky_filter]\ntrap_on = \"(240p)\"\n[pipeline]\nbatch_size = 64\n"
+    );
+    let (out, stats) = run(config(&dir, &chained), MemoryPressureLevel::Optimal);
+    let (native_out, _) = run(config(&dir, rules), MemoryPressureLevel::Optimal);
+    assert_eq!(
+        stats.stages[1].strategy,
+        "tagger+flaky_filter+native_mapping"
+    );
+    assert_eq!(out.len(), native_out.len());
+    let (_, input, _) = read_all(PLAYLIST, 0);
+    let mut renamed = 0;
+    for ((batch_in, batch_out), batch_native) in input
+        .chunks(64)
+        .zip(out.chunks(64))
+        .zip(native_out.chunks(64))
+    {
+        let traps = batch_in.iter().any(|c| c.channel_name.contains("(240p)"));
+        for ((before, after), native) in batch_in.iter().zip(batch_out).zip(batch_native) {
+            // The rules ran on every batch: by the chain, or by the fallback.
+            assert_eq!(after.channel_name, native.channel_name);
+            if let Some(stem) = before.channel_name.strip_suffix(" (720p)") {
+                assert_eq!(after.channel_name, stem);
+                renamed += 1;
+            }
+            let stamp = if traps { None } else { Some("a") };
+            assert_eq!(after.attribute("tagger-build"), stamp);
+        }
+    }
+    assert!(renamed > 0);
+    let chain_batches = stats.stages[1]
+        .batches_by_strategy
+        .iter()
+        .find(|(name, _)| name == "tagger+flaky_filter+native_mapping")
+        .map(|(_, n)| *n);
+    assert_eq!(chain_batches, Some(stats.batches - stats.fallbacks));
+}
+
+#[test]
+fn chained_strategy_names_are_checked() {
+    let dir = plugin_dir(&["tagger_a", "passthrough"]);
+    let refuse = |list: &str| -> String {
+        let extra = format!("[proxy_generation.wasm_plugins.strategies]\ndata_mapping = {list}\n");
+        Pipeline::new(config(&dir, &extra))
+            .err()
+            .unwrap_or_else(|| panic!("{list} was accepted"))
+            .to_string()
+    };
+    let message = refuse("[\"native_mapping+tagger\"]");
+    assert!(message.contains("can only end a chain"), "{message}");
+    let message = refuse("[\"tagger+native_filter\"]");
+    assert!(
+        message.contains(
+            "a chain can end only with a streaming native strategy of data_mapping: native_mapping"
+        ),
+        "{message}"
+    );
+    let message = refuse("[\"tagger+nosuch\"]");
+    assert!(message.contains("unknown strategy `nosuch`"), "{message}");
+    let message = refuse(&format!("[\"{}\"]", ["tagger"; 9].join("+")));
+    assert!(message.contains("at most 8"), "{message}");
+    // A chain whose member does not implement the stage is skipped, with why.
+    let extra = "[proxy_generation.wasm_plugins.strategies]\n\
+                 data_mapping = [\"tagger+passthrough\", \"native_mapping\"]\n";
+    let (_, stats) = run(config(&dir, extra), MemoryPressureLevel::Optimal);
+    assert_eq!(stats.stages[1].strategy, "native_mapping");
+    assert!(
+        stats.stages[1]
+            .reason
+            .contains("tagger+passthrough (passthrough (does not implement data_mapping))"),
+        "{}",
+        stats.stages[1].reason
+    );
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! `[Geo-blocked]`, but traps (unreachable) on any batch holding a channel
 //! whose name contains the configured `trap_on` text. Used to prove that a
 //! failing plugin's batch is re-run by the next strategy with nothing lost.
+//! It is also a mapper that changes nothing and traps the same way, so it
+//! can fail behind another mapper in a chained strategy.
 use m3u_proxy_plugin_sdk::prelude::*;
 
 #[derive(Default)]
@@ -20,6 +22,23 @@ impl Plugin for FlakyFilter {
 
     fn as_filter(&mut self) -> Option<&mut dyn Filter> {
         Some(self)
+    }
+
+    fn as_mapper(&mut self) -> Option<&mut dyn Mapper> {
+        Some(self)
+    }
+}
+
+impl Mapper for FlakyFilter {
+    fn map<'a>(
+        &mut self,
+        _ctx: &StageContext<'_>,
+        channel: &Channel<'a>,
+        _patches: &mut Patches<'a>,
+    ) {
+        if channel.channel_name.contains(self.trap_on.as_str()) {
+            core::arch::wasm32::unreachable()
+        }
     }
 }
 
