@@ -4,6 +4,9 @@
 //! `target/test-plugins/`; their paths reach the code as
 //! `M3U_EXAMPLE_PLUGIN_DIR` and `M3U_TEST_PLUGIN_DIR`.
 //!
+//! Hand-written WAT plugins (`plugins/*/*.wat`) are assembled with the `wat`
+//! crate into `target/plugins/<file stem>.wasm`.
+//!
 //! Set `M3U_SKIP_PLUGIN_BUILD=1` to skip this (e.g. inside a cross container
 //! without the wasm target); tests that need plugins will then say so.
 
@@ -57,6 +60,8 @@ fn main() {
         println!("cargo:warning=M3U_SKIP_PLUGIN_BUILD is set: example plugins were not built");
         return;
     }
+
+    compile_wat_plugins(&manifest_dir.join("plugins"), &target_dir.join("plugins"));
 
     let mut packages = Vec::new();
     for (dir, out_dir, _) in &groups {
@@ -123,6 +128,40 @@ fn main() {
         let from = built.join(&file);
         fs::copy(&from, out_dir.join(&file))
             .unwrap_or_else(|error| panic!("copy {}: {error}", from.display()));
+    }
+}
+
+/// Compiles every hand-written `dir/*/*.wat` plugin (e.g.
+/// `plugins/dedup-wat/dedup_wat.wat`) with the `wat` crate into
+/// `out_dir/<file stem>.wasm`. A syntax error fails the build, naming the file.
+fn compile_wat_plugins(dir: &Path, out_dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut sources: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| fs::read_dir(entry.path()).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.is_file() && path.extension().is_some_and(|ext| ext == "wat"))
+        .collect();
+    sources.sort();
+    for source in sources {
+        println!("cargo:rerun-if-changed={}", source.display());
+        let wasm = wat::parse_file(&source).unwrap_or_else(|error| {
+            panic!(
+                "compiling the WAT plugin {} failed:\n{error}",
+                source.display()
+            )
+        });
+        let stem = source
+            .file_stem()
+            .expect("a .wat file has a stem")
+            .to_string_lossy();
+        fs::create_dir_all(out_dir).expect("create plugin output directory");
+        let to = out_dir.join(format!("{stem}.wasm"));
+        fs::write(&to, wasm).unwrap_or_else(|error| panic!("write {}: {error}", to.display()));
     }
 }
 

@@ -1,0 +1,287 @@
+//! `dedup`: a filtering-stage plugin that drops duplicate channels.
+//!
+//! The key is made of `tvg_id`, `name`, `url` or a `+`-joined combination;
+//! the keys of one pipeline run live in an exact set of 64-bit hashes or in a
+//! Bloom filter (chosen by `mode` and the memory pressure). The plugin reads
+//! only tvg-id, channel name and stream URL and answers with a keep bitmask.
+//!
+//! With `merge_alternates = true` it also runs at data_mapping: there it
+//! decides the batch as a dry run (nothing remembered) and sets
+//! `x-alternate-urls` on each channel that will be kept over copies in the
+//! same batch; the filtering call then makes the same decisions, commits
+//! them and drops the copies.
+//!
+//! All the logic is in [`logic`] (core + alloc only, shared with the
+//! benchmarks); this file is the SDK glue. See README.md for the exact
+//! semantics and the batch-boundary limits.
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::iter::Peekable;
+
+use m3u_proxy_plugin_sdk::prelude::*;
+
+pub mod logic;
+
+use logic::{Config, Decision, Dedup, Fields, Mode, Structure, ALTERNATES_ATTRIBUTE};
+
+/// The decisions of one data_mapping call, waiting for its filtering call.
+struct Mapped {
+    batch_index: u32,
+    decisions: Vec<Decision>,
+}
+
+struct DedupPlugin {
+    dedup: Dedup,
+    /// Set by the host's pressure check, which opens every pipeline run (and
+    /// initially): the next call (data_mapping or filtering) starts a new
+    /// run with an empty key set.
+    new_run: Cell<bool>,
+    decisions: Vec<Decision>,
+    /// `merge_alternates`: the data_mapping calls of the current batch not
+    /// yet matched by a filtering call, oldest first (a batch the host
+    /// splits in halves is several calls).
+    mapped: VecDeque<Mapped>,
+    /// `merge_alternates`: this run has already warned about a batch whose
+    /// copies could not be merged.
+    warned: bool,
+    /// `merge_alternates`: this run has already warned about a batch that
+    /// was merged at data_mapping but not deduplicated by this plugin.
+    warned_unfiltered: bool,
+    /// `merge_alternates`: the batch index of the last filtering call.
+    filtered_batch: Option<u32>,
+}
+
+impl Default for DedupPlugin {
+    fn default() -> Self {
+        DedupPlugin {
+            dedup: Dedup::new(Config::default()),
+            new_run: Cell::new(true),
+            decisions: Vec::new(),
+            mapped: VecDeque::new(),
+            warned: false,
+            warned_unfiltered: false,
+            filtered_batch: None,
+        }
+    }
+}
+
+impl DedupPlugin {
+    /// Starts a new run if the host's pressure check asked for one.
+    fn begin_call(&mut self, ctx: &StageContext<'_>) {
+        if !self.new_run.replace(false) {
+            return;
+        }
+        self.dedup.start_run(ctx.memory_pressure.as_u32());
+        self.mapped.clear();
+        self.warned = false;
+        self.warned_unfiltered = false;
+        self.filtered_batch = None;
+        let structure = match self.dedup.structure() {
+            Structure::Exact => "exact set of 64-bit key hashes",
+            Structure::Bloom => "Bloom filter",
+        };
+        log_info!(
+            "dedup: new run at memory pressure {}: {structure}",
+            ctx.memory_pressure.name()
+        );
+    }
+
+    /// `merge_alternates`, at filtering: checks that this call's decisions
+    /// (in `self.decisions`) are the ones its data_mapping call attached
+    /// alternates for; warns once per run when not.
+    fn check_merged(&mut self, batch_index: u32) {
+        self.filtered_batch = Some(batch_index);
+        while self
+            .mapped
+            .front()
+            .is_some_and(|mapped| mapped.batch_index != batch_index)
+        {
+            self.mapped.pop_front();
+        }
+        let problem = match self.mapped.pop_front() {
+            None => {
+                "it did not go through dedup's data_mapping call (list dedup in \
+                 [proxy_generation.wasm_plugins.strategies] data_mapping as well; or that call \
+                 failed and another strategy mapped the batch)"
+            }
+            Some(mapped) if !logic::merge_matches(&mapped.decisions, &self.decisions) => {
+                "its tvg-id, channel name or stream URL changed between dedup's data_mapping \
+                 call and filtering (list dedup after the mappers that change them, e.g. \
+                 \"logo_mapper+dedup\")"
+            }
+            Some(_) => return,
+        };
+        if !self.warned {
+            self.warned = true;
+            log_warn!(
+                "dedup: merge_alternates: copies dropped in batch {batch_index} may lack their \
+                 x-alternate-urls because {problem}; duplicates are still dropped. Further \
+                 such batches of this run are not reported"
+            );
+        }
+    }
+}
+
+fn fields_of<'c>(channels: &'c [Channel<'_>]) -> Vec<Fields<'c>> {
+    channels
+        .iter()
+        .map(|channel| Fields {
+            tvg_id: &channel.tvg_id,
+            name: &channel.channel_name,
+            url: &channel.stream_url,
+        })
+        .collect()
+}
+
+impl Plugin for DedupPlugin {
+    const DESCRIPTION: &'static str =
+        "Drops duplicate channels by tvg-id, name, URL or a combination (exact set or Bloom filter)";
+    // Every field any `key`/`keep` setting needs: READS is fixed before the
+    // config is known, so the plugin always reads these three.
+    const READS: FieldSet = FieldSet::of(&[Field::TvgId, Field::ChannelName, Field::StreamUrl]);
+
+    fn init(&mut self) -> Result<(), PluginError> {
+        let config = Config::from_lookup(config::get).map_err(PluginError::Config)?;
+        let mode = match config.mode {
+            Mode::Auto => "auto",
+            Mode::Exact => "exact",
+            Mode::Bloom => "bloom",
+        };
+        log_info!(
+            "dedup: key {:?}, keep {:?}, merge_alternates {}, mode {mode}, Bloom filter {} bytes \
+             for {} channels at false-positive rate {}",
+            config.key,
+            config.keep,
+            config.merge_alternates,
+            logic::Bloom::size_bytes(config.expected_channels, config.bloom_false_positive_rate),
+            config.expected_channels,
+            config.bloom_false_positive_rate
+        );
+        self.dedup = Dedup::new(config);
+        self.new_run.set(true);
+        self.mapped.clear();
+        Ok(())
+    }
+
+    fn accepts_pressure(&self, _level: MemoryPressureLevel) -> bool {
+        // The host asks at the start of every pipeline run (once per stage
+        // the plugin is listed in): forget the keys of the previous run.
+        self.new_run.set(true);
+        true
+    }
+
+    fn as_filter(&mut self) -> Option<&mut dyn Filter> {
+        Some(self)
+    }
+
+    fn as_mapper(&mut self) -> Option<&mut dyn Mapper> {
+        Some(self)
+    }
+}
+
+impl Filter for DedupPlugin {
+    fn filter_batch(
+        &mut self,
+        ctx: &StageContext<'_>,
+        channels: &[Channel<'_>],
+        keep: &mut KeepMask,
+    ) {
+        self.begin_call(ctx);
+        let fields = fields_of(channels);
+        if self.dedup.config().merge_alternates {
+            // The same dry run as at data_mapping (same keys, same batch),
+            // checked against it, then committed.
+            self.dedup.plan_batch(&fields, &mut self.decisions);
+            self.check_merged(ctx.batch_index);
+            self.dedup.commit_batch();
+        } else {
+            self.dedup.decide_batch(&fields, &mut self.decisions);
+        }
+        for (index, decision) in self.decisions.iter().enumerate() {
+            if decision.is_keep() {
+                keep.keep(index);
+            }
+        }
+    }
+}
+
+impl Mapper for DedupPlugin {
+    /// `merge_alternates = true`: decides the batch without remembering its
+    /// keys and sets `x-alternate-urls` on the channels that will be kept
+    /// over copies in it. Otherwise answers with no patches.
+    fn map_batch<'a>(
+        &mut self,
+        ctx: &StageContext<'_>,
+        channels: &[Channel<'a>],
+        patches: &mut Patches<'a>,
+    ) {
+        if !self.dedup.config().merge_alternates {
+            return;
+        }
+        self.begin_call(ctx);
+        let fields = fields_of(channels);
+        let mut decisions = Vec::with_capacity(channels.len());
+        self.dedup.plan_batch(&fields, &mut decisions);
+        let mut values = Vec::new();
+        logic::alternate_urls(&fields, &decisions, &mut values);
+        if let Some(stale) = self
+            .mapped
+            .iter()
+            .find(|mapped| mapped.batch_index != ctx.batch_index)
+        {
+            // Left over from a batch that was filtered (its filtering calls
+            // were split differently) is not this problem.
+            if self.filtered_batch != Some(stale.batch_index) && !self.warned_unfiltered {
+                self.warned_unfiltered = true;
+                log_warn!(
+                    "dedup: merge_alternates: batch {} got x-alternate-urls at data_mapping but \
+                     was not filtered by dedup (list dedup in \
+                     [proxy_generation.wasm_plugins.strategies] filtering as well; or its \
+                     filtering call failed and another strategy filtered the batch), so its \
+                     copies were kept next to the channel listing them. Further such batches \
+                     of this run are not reported",
+                    stale.batch_index
+                );
+            }
+            self.mapped
+                .retain(|mapped| mapped.batch_index == ctx.batch_index);
+        }
+        self.mapped.push_back(Mapped {
+            batch_index: ctx.batch_index,
+            decisions,
+        });
+        if values.is_empty() {
+            return;
+        }
+        // The SDK's default `map_batch` points `patches` at each channel in
+        // turn; `Attach` hands it the value for that channel.
+        let mut attach = Attach {
+            values: values.into_iter().peekable(),
+            index: 0,
+        };
+        attach.map_batch(ctx, channels, patches);
+    }
+}
+
+/// Sets precomputed [`ALTERNATES_ATTRIBUTE`] values, given as `(index,
+/// value)` in index order, through the default [`Mapper::map_batch`].
+struct Attach<I: Iterator<Item = (u32, String)>> {
+    values: Peekable<I>,
+    index: u32,
+}
+
+impl<I: Iterator<Item = (u32, String)>> Mapper for Attach<I> {
+    fn map<'a>(
+        &mut self,
+        _ctx: &StageContext<'_>,
+        _channel: &Channel<'a>,
+        patches: &mut Patches<'a>,
+    ) {
+        if let Some((_, value)) = self.values.next_if(|(index, _)| *index == self.index) {
+            patches.set_attribute(ALTERNATES_ATTRIBUTE, value);
+        }
+        self.index += 1;
+    }
+}
+
+export_plugin!(DedupPlugin, "dedup");
