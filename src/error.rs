@@ -69,6 +69,9 @@ pub enum ErrorKind {
         function: &'static str,
         /// The status code (see `m3u_proxy_plugin_abi::status`).
         status: i32,
+        /// The last error line the plugin logged during that call, which is
+        /// how SDK plugins say why (e.g. which config key is wrong).
+        message: Option<String>,
     },
     /// A pointer/length pair from the plugin falls outside its arena.
     ArenaOverflow {
@@ -313,11 +316,21 @@ impl fmt::Display for Error {
                 message,
             } => write!(f, "plugin trapped: {message}"),
             ErrorKind::MalformedOutput(message) => write!(f, "malformed plugin output: {message}"),
-            ErrorKind::PluginStatus { function, status } => write!(
-                f,
-                "plugin export `{function}` returned error status {status} ({})",
-                status_name(*status)
-            ),
+            ErrorKind::PluginStatus {
+                function,
+                status,
+                message,
+            } => {
+                write!(
+                    f,
+                    "plugin export `{function}` returned error status {status} ({})",
+                    status_name(*status)
+                )?;
+                match message {
+                    Some(message) => write!(f, ": {message}"),
+                    None => Ok(()),
+                }
+            }
             ErrorKind::ArenaOverflow {
                 ptr,
                 len,

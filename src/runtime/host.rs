@@ -120,6 +120,9 @@ pub(crate) struct HostState {
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) log_lines_this_call: u32,
     pub(crate) log_lines_dropped: u64,
+    /// The last error-level line the plugin logged in the current call: the
+    /// reason it gives for an error status (`ErrorKind::PluginStatus`).
+    pub(crate) last_error_line: Option<String>,
 }
 
 impl HostState {
@@ -140,6 +143,7 @@ impl HostState {
             config: BTreeMap::new(),
             log_lines_this_call: 0,
             log_lines_dropped: 0,
+            last_error_line: None,
         }
     }
 
@@ -148,6 +152,7 @@ impl HostState {
         self.input_cursor = 0;
         self.output.clear();
         self.log_lines_this_call = 0;
+        self.last_error_line = None;
         self.limiter.denied = false;
     }
 }
@@ -277,7 +282,12 @@ fn host_log(
         ""
     };
     log::log!(target: "plugin", level, "[{name}] {text}{cut}");
-    caller.data_mut().log_lines_this_call += 1;
+    let last_error_line = (level == log::Level::Error).then(|| format!("{text}{cut}"));
+    let state = caller.data_mut();
+    state.log_lines_this_call += 1;
+    if last_error_line.is_some() {
+        state.last_error_line = last_error_line;
+    }
     Ok(())
 }
 

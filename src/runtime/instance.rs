@@ -128,7 +128,7 @@ impl PluginInstance {
         plugin.store.data_mut().plugin_name = name;
         let init = plugin.exports.init;
         let code = plugin.call(&init, ())?;
-        check_status(exports::INIT, code)?;
+        plugin.check_status(exports::INIT, code)?;
         Ok(plugin)
     }
 
@@ -150,11 +150,7 @@ impl PluginInstance {
         let plugin_info = self.exports.plugin_info;
         let len = self.call(&plugin_info, ())?;
         if len < 0 {
-            return Err(ErrorKind::PluginStatus {
-                function: exports::PLUGIN_INFO,
-                status: len,
-            }
-            .into());
+            return Err(self.status_error(exports::PLUGIN_INFO, len));
         }
         let bytes = self.arena_bytes(len as u32)?;
         let info: PluginInfo<'_> = postcard::from_bytes(bytes).map_err(|error| {
@@ -235,7 +231,7 @@ impl PluginInstance {
         }
         let execute = self.exports.execute_stage;
         let code = self.call(&execute, (stage.as_u32() as i32, input.len() as i32))?;
-        check_status(exports::EXECUTE_STAGE, code)?;
+        self.check_status(exports::EXECUTE_STAGE, code)?;
         self.stats.bytes_in += input.len() as u64;
         self.stats.bytes_out += self.store.data().output.len() as u64;
         Ok(&self.store.data().output)
@@ -260,7 +256,25 @@ impl PluginInstance {
     pub fn cleanup(&mut self) -> Result<()> {
         let cleanup = self.exports.cleanup;
         let code = self.call(&cleanup, ())?;
-        check_status(exports::CLEANUP, code)
+        self.check_status(exports::CLEANUP, code)
+    }
+
+    /// `Ok` for status OK, else the error, with the reason the plugin logged.
+    fn check_status(&self, function: &'static str, code: i32) -> Result<()> {
+        if code == status::OK {
+            Ok(())
+        } else {
+            Err(self.status_error(function, code))
+        }
+    }
+
+    fn status_error(&self, function: &'static str, code: i32) -> Error {
+        ErrorKind::PluginStatus {
+            function,
+            status: code,
+            message: self.store.data().last_error_line.clone(),
+        }
+        .into()
     }
 
     /// Calls an export under the fuel budget, in slices, checking the
@@ -389,18 +403,6 @@ fn missing(name: &str, error: impl std::fmt::Display) -> Error {
 
 fn fuel_error(error: wasmi::Error) -> Error {
     ErrorKind::InvalidModule(format!("fuel metering unavailable: {error}")).into()
-}
-
-fn check_status(function: &'static str, code: i32) -> Result<()> {
-    if code == status::OK {
-        Ok(())
-    } else {
-        Err(ErrorKind::PluginStatus {
-            function,
-            status: code,
-        }
-        .into())
-    }
 }
 
 /// Turns a wasmi error into the host's error kind.

@@ -67,12 +67,25 @@ fn example_config_runs_with_plugins_and_writes_stats() {
         strategies(&stats),
         [
             "inmemory_full",
-            "group_normalizer",
-            "passthrough",
+            "dedup+group_normalizer+sports_optimizer+logo_mapper+native_mapping",
+            "dedup+sports_optimizer+native_filter",
             "inmemory_numbering",
             "sorted_writer"
         ]
     );
+    let plugin_calls = |name: &str| -> u64 {
+        stats["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map_or(0, |p| p["calls"].as_u64().unwrap())
+    };
+    let batches = stats["batches"].as_u64().unwrap();
+    // dedup and the sports optimizer run in both stages, the others in one.
+    assert_eq!(plugin_calls("dedup"), 2 * batches);
+    assert_eq!(plugin_calls("sports_optimizer"), 2 * batches);
+    assert_eq!(plugin_calls("logo_mapper"), batches);
     let m3u = std::fs::read_to_string(&output).unwrap();
     assert!(m3u.starts_with("#EXTM3U"));
     assert_eq!(
@@ -83,6 +96,10 @@ fn example_config_runs_with_plugins_and_writes_stats() {
         !m3u.contains("group-title=\"\""),
         "empty groups were filled by the plugin"
     );
+    // The catalogue did its work: duplicates merged, sports numbered from 100.
+    assert!(m3u.contains(" x-alternate-urls=\"http"));
+    assert!(m3u.contains("tvg-chno=\"100\" group-title=\"Sports"));
+    assert!(stats["channels_written"].as_u64().unwrap() < 10_525 - 1_000);
 }
 
 #[test]

@@ -4,15 +4,12 @@
 //! `module_exec` the generated module as WAT); the raw artifacts are also in
 //! `fuzz/regressions/<target>/` for the fuzzers.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use m3u_plugin_host::abi::host_functions;
-use m3u_plugin_host::m3u::{M3uReader, M3uWriter, PlaylistHeader};
 use m3u_plugin_host::runtime::{
     stack_safe_fuel_slice, PluginRuntime, PluginSettings, RuntimeLimits, MIN_FUEL_SLICE,
 };
-use m3u_plugin_host::OwnedChannel;
 
 use super::common::{repo_path, wat_str};
 
@@ -30,115 +27,10 @@ fn fixture(target: &str, name: &str) -> Vec<u8> {
 
 // ---------------------------------------------------------------- m3u_reader
 
-fn parse(bytes: &[u8]) -> (PlaylistHeader, Vec<OwnedChannel>, u64) {
-    let mut reader = M3uReader::new(bytes, 3);
-    let channels: Vec<OwnedChannel> = reader.by_ref().map(|c| c.unwrap()).collect();
-    (reader.header().clone(), channels, reader.malformed())
-}
+#[path = "../support/m3u_round_trip.rs"]
+mod m3u_round_trip;
 
-fn write(header: &PlaylistHeader, channels: &[OwnedChannel]) -> Vec<u8> {
-    let mut writer = M3uWriter::new(Vec::new(), header).unwrap();
-    for channel in channels {
-        writer.write_channel(channel).unwrap();
-    }
-    assert_eq!(writer.skipped(), 0);
-    writer.finish().unwrap()
-}
-
-fn replace(text: &str, f: impl Fn(char) -> Option<char>) -> Cow<'static, str> {
-    Cow::Owned(text.chars().map(|c| f(c).unwrap_or(c)).collect())
-}
-
-fn line_breaks(c: char) -> Option<char> {
-    matches!(c, '\r' | '\n').then_some(' ')
-}
-
-fn value_chars(c: char) -> Option<char> {
-    match c {
-        '"' => Some('\''),
-        '\r' | '\n' => Some(' '),
-        _ => None,
-    }
-}
-
-fn name_chars(c: char) -> Option<char> {
-    (c.is_ascii_whitespace() || matches!(c, '=' | ',' | '"')).then_some('_')
-}
-
-fn is_directive(line: &str, name: &str) -> bool {
-    line.get(..name.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(name))
-}
-
-/// The writer's documented replacements (src/m3u/writer.rs), as in the
-/// `m3u_reader` fuzz target.
-fn normalise(channel: &OwnedChannel) -> OwnedChannel {
-    let mut c = channel.clone();
-    let d = c.duration.as_ref();
-    if d.is_empty()
-        || d.bytes()
-            .any(|b| b.is_ascii_whitespace() || matches!(b, b',' | b'=' | b'"'))
-    {
-        c.duration = Cow::Borrowed("-1");
-    }
-    for field in [
-        &mut c.tvg_id,
-        &mut c.tvg_name,
-        &mut c.tvg_chno,
-        &mut c.tvg_logo,
-        &mut c.tvg_shift,
-        &mut c.group_title,
-    ] {
-        *field = replace(field, value_chars);
-    }
-    c.channel_name = replace(&c.channel_name, line_breaks);
-    c.stream_url = replace(c.stream_url.trim(), line_breaks);
-    for attribute in &mut c.attributes {
-        attribute.name = replace(&attribute.name, name_chars);
-        attribute.value = replace(&attribute.value, value_chars);
-    }
-    c.extras = c
-        .extras
-        .iter()
-        .map(|e| e.trim())
-        .filter(|e| !(e.is_empty() || is_directive(e, "#EXTINF") || is_directive(e, "#EXTM3U")))
-        .map(|e| {
-            let e = replace(e, line_breaks);
-            if e.starts_with('#') {
-                e
-            } else {
-                Cow::Owned(format!("#{e}"))
-            }
-        })
-        .collect();
-    c
-}
-
-/// The `m3u_reader` property: parse → write → parse gives the same header
-/// and channels up to the documented replacements, and writing is then a
-/// fixed point.
-fn assert_round_trip(input: &[u8]) {
-    let (header, first, _) = parse(input);
-    let text = write(&header, &first);
-    let (header2, second, malformed) = parse(&text);
-    assert_eq!(malformed, 0);
-    let expected_header: Vec<(String, String)> = header
-        .attributes
-        .iter()
-        .map(|(n, v)| {
-            (
-                replace(n, name_chars).into_owned(),
-                replace(v, value_chars).into_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(header2.attributes, expected_header);
-    assert_eq!(second.len(), first.len());
-    for (a, b) in first.iter().zip(&second) {
-        assert_eq!(b, &normalise(a));
-    }
-    assert_eq!(write(&header2, &second), text);
-}
+use m3u_round_trip::{assert_round_trip, parse};
 
 /// Not found by the fuzzer (its inputs stay under 4 KiB) but by its
 /// property: an `#EXTINF` line under `MAX_LINE_LEN` (64 KiB) with 30 000 bare
@@ -382,43 +274,32 @@ fn host_survives_a_failing_memory_grow_loop() {
     assert_eq!(error.label(), "out_of_fuel", "{error}");
 }
 
-/// And on a thread whose stack is far too small for one slice's frames: the
-/// host moves each slice to a fresh stack segment instead of overflowing.
-#[test]
-fn host_survives_a_failing_memory_grow_loop_on_a_small_thread() {
-    let error = std::thread::Builder::new()
-        .stack_size(256 << 10)
-        .spawn(load_failing_grow_loop)
+/// `f` on a new thread with `stack` bytes of stack.
+fn on_thread<T: Send + 'static>(stack: usize, f: fn() -> T) -> T {
+    std::thread::Builder::new()
+        .stack_size(stack)
+        .spawn(f)
         .unwrap()
         .join()
-        .expect("the loading thread survives");
-    assert_eq!(error.label(), "out_of_fuel", "{error}");
+        .expect("the thread survives")
 }
 
-/// And on a thread with a large stack, where the slices are large too.
+/// And on a thread whose stack is far too small for one slice's frames (the
+/// host moves the call to a fresh stack segment), and on one with a large
+/// stack, where the slices are large too.
 #[test]
-fn host_survives_a_failing_memory_grow_loop_on_a_large_thread() {
-    let error = std::thread::Builder::new()
-        .stack_size(64 << 20)
-        .spawn(load_failing_grow_loop)
-        .unwrap()
-        .join()
-        .expect("the loading thread survives");
-    assert_eq!(error.label(), "out_of_fuel", "{error}");
+fn host_survives_a_failing_memory_grow_loop_on_small_and_large_threads() {
+    for stack in [256 << 10, 64 << 20] {
+        let error = on_thread(stack, load_failing_grow_loop);
+        assert_eq!(error.label(), "out_of_fuel", "{stack}: {error}");
+    }
 }
 
 /// Slices follow the free stack: never below `MIN_FUEL_SLICE`, never above
 /// what was asked, larger on a larger stack.
 #[test]
 fn fuel_slices_follow_the_free_native_stack() {
-    let on_thread = |stack: usize| {
-        std::thread::Builder::new()
-            .stack_size(stack)
-            .spawn(|| stack_safe_fuel_slice(u64::MAX))
-            .unwrap()
-            .join()
-            .unwrap()
-    };
+    let on_thread = |stack| on_thread(stack, || stack_safe_fuel_slice(u64::MAX));
     let (small, default, large) = (
         on_thread(256 << 10),
         on_thread(2 << 20),
@@ -429,7 +310,7 @@ fn fuel_slices_follow_the_free_native_stack() {
         (MIN_FUEL_SLICE..(2 << 20) / 64).contains(&default),
         "{default}"
     );
-    assert!(large > 100 * MIN_FUEL_SLICE / 2, "{large}");
+    assert!(large > 20 * MIN_FUEL_SLICE, "{large}");
     assert!(large < (64 << 20) / 64, "{large}");
     assert_eq!(stack_safe_fuel_slice(7), 7);
 }

@@ -986,9 +986,9 @@ fn assert_config_status(error: &Error) {
     assert!(
         matches!(
             error.kind(),
-            ErrorKind::PluginStatus { function: "m3u_init", status: code } if *code == status::CONFIG_ERROR
+            ErrorKind::PluginStatus { function: "m3u_init", status: code, message: Some(_) } if *code == status::CONFIG_ERROR
         ),
-        "expected m3u_init to return CONFIG_ERROR, got {error}"
+        "expected m3u_init to return CONFIG_ERROR with the plugin's reason, got {error}"
     );
 }
 

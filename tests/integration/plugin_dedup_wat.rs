@@ -580,7 +580,7 @@ fn wat_dedup_refuses_other_modes_at_load_with_the_config_status() {
         assert!(
             matches!(
                 error.kind(),
-                ErrorKind::PluginStatus { function, status: CONFIG_ERROR } if function.contains("init")
+                ErrorKind::PluginStatus { function, status: CONFIG_ERROR, .. } if function.contains("init")
             ),
             "{lines:?}: {error:?}"
         );

@@ -657,15 +657,17 @@ fn invalid_config_is_refused_at_load_with_a_config_error() {
         assert!(
             matches!(
                 error.kind(),
-                ErrorKind::PluginStatus { function: "m3u_init", status } if *status == status::CONFIG_ERROR
+                ErrorKind::PluginStatus { function: "m3u_init", status, .. } if *status == status::CONFIG_ERROR
             ),
             "{values:?}: {error:?}"
         );
+        // The error carries the plugin's own reason, naming a key it read.
+        let text = error.to_string();
+        assert!(text.contains("configuration missing or invalid"), "{text}");
         assert!(
-            error
-                .to_string()
-                .contains("configuration missing or invalid"),
-            "{error}"
+            text.contains("logo_mapper: ")
+                && values.iter().any(|(key, _)| text.contains(key.as_str())),
+            "{values:?}: {text}"
         );
     }
     // The same keys with valid values load.

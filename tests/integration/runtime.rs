@@ -302,6 +302,12 @@ fn long_config_values_are_read_in_init_and_too_long_ones_fail_it() {
         matches!(error.kind(), ErrorKind::PluginStatus { status, .. } if *status == m3u_plugin_host::abi::status::CONFIG_ERROR),
         "{error:?}"
     );
+    // The SDK's reason reaches the host's error.
+    let text = error.to_string();
+    assert!(
+        text.contains("config value `empty_group` is 2097152 bytes"),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------
