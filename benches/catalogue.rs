@@ -206,8 +206,10 @@ fn sports_rows(input: &[Vec<OwnedChannel>]) -> [Row; 2] {
         Stage::DataMapping,
         &mut plugin,
         &mut |index, batch| {
+            if index == 0 {
+                native.start_run();
+            }
             for channel in batch.iter_mut() {
-                native.note_channel(index as u32, channel.id);
                 let Some(mapping) = native.map_channel(
                     &channel.channel_name,
                     &channel.group_title,

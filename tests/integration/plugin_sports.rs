@@ -322,9 +322,13 @@ fn slot(pairs: &[(&str, &str)]) -> PluginSlot {
     try_slot(pairs).unwrap_or_else(|error| panic!("loading {PLUGIN} with {pairs:?}: {error}"))
 }
 
-/// Runs `input` through one stage of the slot, batch by batch, as the
-/// pipeline does (batch indexes from 0).
+/// Runs `input` through one stage of the slot as a pipeline run does: the
+/// pressure check that opens the run, then batch by batch (indexes from 0).
 fn run_stage(slot: &mut PluginSlot, stage: Stage, input: &[OwnedChannel]) -> Vec<OwnedChannel> {
+    assert!(slot
+        .instance
+        .accepts_pressure(MemoryPressureLevel::Optimal)
+        .expect("pressure check"));
     let mut output = Vec::with_capacity(input.len());
     for (index, chunk) in input.chunks(BATCH).enumerate() {
         let mut batch = chunk.to_vec();
@@ -795,7 +799,7 @@ fn number_block_hints_free_numbers_and_stops_when_the_block_is_full() {
     ]);
     let first_run = run_stage(&mut full, Stage::DataMapping, &channels);
     assert_same_channels(&first_run, &expected(&small));
-    // A second run (ids and batch indexes start again) gets the same numbers.
+    // A second run (opened by its pressure check) gets the same numbers.
     assert_same_channels(
         &run_stage(&mut full, Stage::DataMapping, &channels),
         &expected(&small),

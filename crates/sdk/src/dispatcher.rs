@@ -16,7 +16,7 @@ use crate::{hostcalls, KeepMask, Patches, Plugin, PluginError};
 /// The plugin, type-erased so the SDK can own the single instance.
 trait Dispatch {
     fn init(&mut self) -> Result<(), PluginError>;
-    fn accepts(&self, level: MemoryPressureLevel) -> bool;
+    fn accepts(&mut self, level: MemoryPressureLevel) -> bool;
     fn run<'a>(
         &mut self,
         stage: Stage,
@@ -30,7 +30,8 @@ impl<P: Plugin> Dispatch for P {
         Plugin::init(self)
     }
 
-    fn accepts(&self, level: MemoryPressureLevel) -> bool {
+    fn accepts(&mut self, level: MemoryPressureLevel) -> bool {
+        self.start_run(level);
         self.accepts_pressure(level)
     }
 

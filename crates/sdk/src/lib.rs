@@ -135,6 +135,14 @@ pub trait Plugin: Default + 'static {
     /// Called when the host unloads the plugin.
     fn cleanup(&mut self) {}
 
+    /// A pipeline run starts at memory pressure `level`: forget per-run
+    /// state (a dedup key set, a number counter). Called before the run's
+    /// first batch, once for each stage the plugin is listed in, right
+    /// before [`Plugin::accepts_pressure`]. Default does nothing.
+    fn start_run(&mut self, level: MemoryPressureLevel) {
+        let _ = level;
+    }
+
     /// Whether to run at `level`; the default compares with `MAX_PRESSURE`.
     fn accepts_pressure(&self, level: MemoryPressureLevel) -> bool {
         level <= Self::MAX_PRESSURE

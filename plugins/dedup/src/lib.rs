@@ -14,7 +14,6 @@
 //! All the logic is in [`logic`] (core + alloc only, shared with the
 //! benchmarks); this file is the SDK glue. See README.md for the exact
 //! semantics and the batch-boundary limits.
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::iter::Peekable;
 
@@ -35,7 +34,7 @@ struct DedupPlugin {
     /// Set by the host's pressure check, which opens every pipeline run (and
     /// initially): the next call (data_mapping or filtering) starts a new
     /// run with an empty key set.
-    new_run: Cell<bool>,
+    new_run: bool,
     decisions: Vec<Decision>,
     /// `merge_alternates`: the data_mapping calls of the current batch not
     /// yet matched by a filtering call, oldest first (a batch the host
@@ -55,7 +54,7 @@ impl Default for DedupPlugin {
     fn default() -> Self {
         DedupPlugin {
             dedup: Dedup::new(Config::default()),
-            new_run: Cell::new(true),
+            new_run: true,
             decisions: Vec::new(),
             mapped: VecDeque::new(),
             warned: false,
@@ -68,7 +67,7 @@ impl Default for DedupPlugin {
 impl DedupPlugin {
     /// Starts a new run if the host's pressure check asked for one.
     fn begin_call(&mut self, ctx: &StageContext<'_>) {
-        if !self.new_run.replace(false) {
+        if !std::mem::replace(&mut self.new_run, false) {
             return;
         }
         self.dedup.start_run(ctx.memory_pressure.as_u32());
@@ -158,15 +157,18 @@ impl Plugin for DedupPlugin {
             config.bloom_false_positive_rate
         );
         self.dedup = Dedup::new(config);
-        self.new_run.set(true);
+        self.new_run = true;
         self.mapped.clear();
         Ok(())
     }
 
+    fn start_run(&mut self, _level: MemoryPressureLevel) {
+        // Once per stage the plugin is listed in, before any batch: the next
+        // call forgets the keys of the previous run.
+        self.new_run = true;
+    }
+
     fn accepts_pressure(&self, _level: MemoryPressureLevel) -> bool {
-        // The host asks at the start of every pipeline run (once per stage
-        // the plugin is listed in): forget the keys of the previous run.
-        self.new_run.set(true);
         true
     }
 

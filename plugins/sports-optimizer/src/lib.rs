@@ -68,6 +68,10 @@ impl Plugin for SportsPlugin {
         Ok(())
     }
 
+    fn start_run(&mut self, _level: MemoryPressureLevel) {
+        self.optimizer().start_run();
+    }
+
     fn as_mapper(&mut self) -> Option<&mut dyn Mapper> {
         Some(self)
     }
@@ -80,12 +84,11 @@ impl Plugin for SportsPlugin {
 impl Mapper for SportsPlugin {
     fn map<'a>(
         &mut self,
-        ctx: &StageContext<'_>,
+        _ctx: &StageContext<'_>,
         channel: &Channel<'a>,
         patches: &mut Patches<'a>,
     ) {
         let optimizer = self.optimizer();
-        optimizer.note_channel(ctx.batch_index, channel.id);
         let refused_before = optimizer.numbers().map_or(0, |n| n.refused());
         let Some(mapping) = optimizer.map_channel(
             &channel.channel_name,

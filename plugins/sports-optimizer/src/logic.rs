@@ -554,7 +554,6 @@ pub struct SportsOptimizer {
     allowed_languages: Vec<String>,
     keep_unlabelled: bool,
     numbers: Option<NumberAllocator>,
-    highest_id: u64,
     buf: String,
     words: Vec<(u32, u32)>,
     matches: Vec<Match>,
@@ -620,7 +619,6 @@ impl SportsOptimizer {
             allowed_languages,
             keep_unlabelled,
             numbers,
-            highest_id: 0,
             buf: String::new(),
             words: Vec::new(),
             matches: Vec::new(),
@@ -783,20 +781,11 @@ impl SportsOptimizer {
             || self.passes_country_language(country, language)
     }
 
-    /// Tells the optimizer which channel comes next, so it notices a new
-    /// pipeline run (ids restart): a channel of batch 0 whose id is not above
-    /// every id seen so far starts a new run, which resets the number block.
-    /// Returns `true` when it did.
-    pub fn note_channel(&mut self, batch_index: u32, id: u64) -> bool {
-        let new_run = batch_index == 0 && id <= self.highest_id;
-        if new_run {
-            self.highest_id = 0;
-            if let Some(numbers) = &mut self.numbers {
-                numbers.reset();
-            }
+    /// A new pipeline run: the number block starts again.
+    pub fn start_run(&mut self) {
+        if let Some(numbers) = &mut self.numbers {
+            numbers.reset();
         }
-        self.highest_id = self.highest_id.max(id);
-        new_run
     }
 
     /// The data_mapping stage for one channel: `None` leaves it unchanged
