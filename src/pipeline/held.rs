@@ -9,6 +9,7 @@
 //! back one at a time, and each compressed block is freed as it is
 //! decompressed, so the host never keeps both copies of more than one batch.
 
+use super::HeldStats;
 use crate::{Error, OwnedChannel, Result};
 
 /// How held batches are kept.
@@ -37,16 +38,6 @@ pub(crate) struct HeldBatches {
     compressed_bytes: u64,
 }
 
-/// What holding cost, for the run's statistics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct HoldStats {
-    pub channels: u64,
-    /// postcard size of everything held (compressed mode only).
-    pub encoded_bytes: u64,
-    /// What was actually held after compression (compressed mode only).
-    pub compressed_bytes: u64,
-}
-
 impl HeldBatches {
     pub(crate) fn new(mode: HoldMode) -> Self {
         HeldBatches {
@@ -59,12 +50,14 @@ impl HeldBatches {
         }
     }
 
-    pub(crate) fn mode(&self) -> HoldMode {
-        self.mode
-    }
-
-    pub(crate) fn stats(&self) -> HoldStats {
-        HoldStats {
+    /// What holding cost, for the run's statistics.
+    pub(crate) fn stats(&self) -> HeldStats {
+        HeldStats {
+            mode: match self.mode {
+                HoldMode::Plain => "plain",
+                HoldMode::Compressed => "compressed",
+            }
+            .to_string(),
             channels: self.channels,
             encoded_bytes: self.encoded_bytes,
             compressed_bytes: self.compressed_bytes,
@@ -149,7 +142,7 @@ mod tests {
     /// Each batch given back, with its explicit-number bits.
     type Returned = Vec<(Vec<OwnedChannel>, Vec<u64>)>;
 
-    fn round_trip(mode: HoldMode) -> (Returned, HoldStats) {
+    fn round_trip(mode: HoldMode) -> (Returned, HeldStats) {
         let mut batches = HeldBatches::new(mode);
         batches.push(held(batch(1, 100))).unwrap();
         batches.push(held(Vec::new())).unwrap();

@@ -845,17 +845,7 @@ impl Pipeline {
         if numbering_barrier {
             let hold =
                 std::mem::replace(&mut run.numbering_hold, HeldBatches::new(HoldMode::Plain));
-            let hold_stats = hold.stats();
-            run.stats.held = Some(HeldStats {
-                mode: match hold.mode() {
-                    HoldMode::Plain => "plain",
-                    HoldMode::Compressed => "compressed",
-                }
-                .to_string(),
-                channels: hold_stats.channels,
-                encoded_bytes: hold_stats.encoded_bytes,
-                compressed_bytes: hold_stats.compressed_bytes,
-            });
+            run.stats.held = Some(hold.stats());
             // Batch by batch: each is decompressed (if it was compressed),
             // numbered and sent on before the next is touched.
             for held in hold.into_batches() {
