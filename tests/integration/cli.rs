@@ -287,3 +287,41 @@ fn output_to_a_fifo_is_written_in_place_not_replaced() {
     let kind = std::fs::metadata(&fifo).unwrap().file_type();
     assert!(kind.is_fifo(), "the FIFO was replaced by a regular file");
 }
+
+#[test]
+/// The hand-written WAT plugin (plugins/dedup-wat) through `plugins inspect`.
+fn plugins_inspect_reads_the_wat_dedup_plugin() {
+    let file = Path::new(env!("M3U_EXAMPLE_PLUGIN_DIR")).join("dedup_wat.wasm");
+    let output = bin()
+        .env("RUST_LOG", "warn")
+        .args(["plugins", "inspect", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["name"], "dedup_wat");
+    assert_eq!(report["version"], "0.1.0");
+    assert_eq!(report["stages"], serde_json::json!(["filtering"]));
+    assert_eq!(report["reads"], serde_json::json!(["stream_url"]));
+    let mut imports: Vec<&str> = report["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    imports.sort();
+    assert_eq!(
+        imports,
+        [
+            "host.get_config",
+            "host.log",
+            "host.read_channels",
+            "host.write_channels"
+        ]
+    );
+}
