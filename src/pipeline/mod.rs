@@ -953,7 +953,9 @@ impl Pipeline {
             Duration::from_secs(self.config.proxy_generation.wasm_plugins.timeout_seconds);
         let fallback_timeout = Duration::from_millis(fallbacks.fallback_timeout_ms);
         let mut used = None;
-        let candidates = run.plans[stage_index].chain.clone();
+        // Taken out for the loop (which updates `run`), put back after it;
+        // an error ends the run, so nothing needs it then.
+        let candidates = std::mem::take(&mut run.plans[stage_index].chain);
         for (position, candidate) in candidates.iter().enumerate() {
             let (chain, then) = match candidate {
                 Candidate::Native(native) => {
@@ -1024,6 +1026,7 @@ impl Pipeline {
             }
             run.stats.fallbacks += 1;
         }
+        run.plans[stage_index].chain = candidates;
         let stage_stats = &mut run.stats.stages[stage_index];
         if let Some(name) = used {
             stage_stats.count_batch(&name);
