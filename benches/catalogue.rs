@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use m3u_plugin_host::abi::{MemoryPressureLevel, Stage, StageContext};
-use m3u_plugin_host::m3u::read_all;
 use m3u_plugin_host::pipeline::PluginSlot;
 use m3u_plugin_host::runtime::{PluginRuntime, PluginSettings, RuntimeLimits};
 use m3u_plugin_host::OwnedChannel;
@@ -32,18 +31,11 @@ mod logo_logic;
 #[path = "../plugins/sports-optimizer/src/logic.rs"]
 mod sports_logic;
 
+mod common;
+use common::{on_pipeline_thread, real_channels};
 const BATCH: usize = 1024;
 const ROUNDS: usize = 10;
 const BASE_URL: &str = "http://nas.local:8080";
-
-fn real_channels() -> Vec<OwnedChannel> {
-    let text = include_str!("../tests/fixtures/m3u/iptv-org-index-2021.m3u");
-    let (_, mut channels, _) = read_all(text, 0);
-    for (id, channel) in channels.iter_mut().enumerate() {
-        channel.id = id as u64 + 1;
-    }
-    channels
-}
 
 fn batches(channels: &[OwnedChannel]) -> Vec<Vec<OwnedChannel>> {
     channels
@@ -306,14 +298,7 @@ fn dedup_rows(input: &[Vec<OwnedChannel>]) -> Vec<Row> {
 }
 
 fn main() {
-    // As the CLI does: plugin calls on a thread with a large stack get large
-    // fuel slices (runtime::stack_safe_fuel_slice).
-    std::thread::Builder::new()
-        .stack_size(m3u_plugin_host::PIPELINE_THREAD_STACK)
-        .spawn(run)
-        .expect("bench thread")
-        .join()
-        .expect("bench thread finished");
+    on_pipeline_thread(run);
 }
 
 fn run() {

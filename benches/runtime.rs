@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use m3u_plugin_host::abi::{FieldSet, MemoryPressureLevel, Stage, StageContext, StageInput};
-use m3u_plugin_host::m3u::read_all;
 use m3u_plugin_host::pipeline::PluginSlot;
 use m3u_plugin_host::runtime::{PluginInstance, PluginRuntime, PluginSettings, RuntimeLimits};
 use m3u_plugin_host::OwnedChannel;
 
+mod common;
+use common::{on_pipeline_thread, real_channels};
 const BATCH: usize = 1024;
 
 fn plugin_bytes(file: &str) -> Vec<u8> {
@@ -36,15 +37,6 @@ fn load(runtime: &PluginRuntime, file: &str) -> PluginInstance {
     runtime
         .load(&plugin_bytes(file), file, &PluginSettings::new())
         .expect("plugin loads")
-}
-
-fn real_channels() -> Vec<OwnedChannel> {
-    let text = include_str!("../tests/fixtures/m3u/iptv-org-index-2021.m3u");
-    let (_, mut channels, _) = read_all(text, 0);
-    for (id, channel) in channels.iter_mut().enumerate() {
-        channel.id = id as u64 + 1;
-    }
-    channels
 }
 
 fn context() -> StageContext<'static> {
@@ -266,19 +258,12 @@ fn native_rewrite_batch(batch: &mut [OwnedChannel], base: &str) {
 }
 
 fn main() {
-    // As the CLI does: plugin calls on a thread with a large stack get large
-    // fuel slices (runtime::stack_safe_fuel_slice).
-    std::thread::Builder::new()
-        .stack_size(m3u_plugin_host::PIPELINE_THREAD_STACK)
-        .spawn(|| {
-            let mut criterion = Criterion::default().configure_from_args();
-            call_overhead(&mut criterion);
-            load_and_instantiate(&mut criterion);
-            throughput(&mut criterion);
-            criterion.final_summary();
-            ratios();
-        })
-        .expect("bench thread")
-        .join()
-        .expect("bench thread finished");
+    on_pipeline_thread(|| {
+        let mut criterion = Criterion::default().configure_from_args();
+        call_overhead(&mut criterion);
+        load_and_instantiate(&mut criterion);
+        throughput(&mut criterion);
+        criterion.final_summary();
+        ratios();
+    });
 }
