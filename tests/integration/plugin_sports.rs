@@ -173,6 +173,15 @@ fn prefix_form(prefix: &str, group: &str) -> Option<Option<String>> {
     Some((!sport.is_empty()).then(|| sport.to_string()))
 }
 
+/// Ids of the channels the README's rules call sports.
+fn sports_ids(spec: &Spec, channels: &[OwnedChannel]) -> HashSet<u64> {
+    channels
+        .iter()
+        .filter(|c| classify(spec, &c.channel_name, &c.group_title).is_some())
+        .map(|c| c.id)
+        .collect()
+}
+
 /// The README's classification rules.
 fn classify(spec: &Spec, name: &str, group: &str) -> Option<Expected> {
     let texts = [spaced_words(name), spaced_words(group)];
@@ -581,11 +590,7 @@ fn country_and_language_filter_drops_only_sports_channels_outside_the_lists() {
         ("allowed_countries", "US; UK, it;Es"),
         ("allowed_languages", "English, italian; Spanish"),
     ];
-    let sports_ids: HashSet<u64> = channels
-        .iter()
-        .filter(|c| classify(&spec, &c.channel_name, &c.group_title).is_some())
-        .map(|c| c.id)
-        .collect();
+    let sports_ids = sports_ids(&spec, &channels);
     let is_sports = |c: &OwnedChannel| sports_ids.contains(&c.id);
     let keeps = |c: &OwnedChannel, keep_unlabelled: bool, languages: &[&str]| {
         !is_sports(c)
@@ -705,11 +710,7 @@ fn number_block_hints_free_numbers_and_stops_when_the_block_is_full() {
             c
         })
         .collect();
-    let sports_ids: HashSet<u64> = channels
-        .iter()
-        .filter(|c| classify(&spec, &c.channel_name, &c.group_title).is_some())
-        .map(|c| c.id)
-        .collect();
+    let sports_ids = sports_ids(&spec, &channels);
     let is_sports = |c: &OwnedChannel| sports_ids.contains(&c.id);
     let hints = |first: u32, last: u32| -> Vec<Option<u32>> {
         let mut reserved = HashSet::new();
@@ -946,11 +947,7 @@ fn pipeline_with_mapping_filtering_and_numbering_puts_sports_channels_in_the_blo
         })
         .map(|c| mapped(&spec, c, true, true))
         .collect();
-    let sports_ids: HashSet<u64> = input
-        .iter()
-        .filter(|c| classify(&spec, &c.channel_name, &c.group_title).is_some())
-        .map(|c| c.id)
-        .collect();
+    let sports_ids = sports_ids(&spec, &input);
     let is_sports = |c: &OwnedChannel| sports_ids.contains(&c.id);
     let sports = expected.iter().filter(|c| is_sports(c)).count();
     assert!(
