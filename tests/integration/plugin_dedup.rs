@@ -272,21 +272,36 @@ fn assert_same_channels(actual: &[OwnedChannel], expected: &[OwnedChannel]) {
 /// and padded, its URL padded, and its name decorated with a quality tag and
 /// a bracketed note. Ids stay unique (1..=n), as the pipeline assigns them.
 fn playlist_with_copies() -> Vec<OwnedChannel> {
+    playlist_with(|index, channel| {
+        if index % 9 != 0 {
+            return Vec::new();
+        }
+        let mut copy = copy_of(channel);
+        copy.stream_url = format!(" {} ", channel.stream_url).into();
+        vec![copy]
+    })
+}
+
+/// A copy of `channel` that every key normalisation must match: tvg-id
+/// upper-cased and padded, name upper-cased with a quality tag and a note.
+fn copy_of(channel: &OwnedChannel) -> OwnedChannel {
+    let mut copy = channel.clone();
+    copy.tvg_id = format!("  {}\t", channel.tvg_id.to_ascii_uppercase()).into();
+    copy.channel_name = format!("{} FHD [copy]", channel.channel_name.to_uppercase()).into();
+    copy
+}
+
+/// The real playlist with `extra(index, channel)` inserted later: the extras
+/// of each 1536 channels are released together (about 1.5 batches on), so
+/// some land in the batch of their original and most in a later one. Ids
+/// are 1..=n, as the pipeline assigns them.
+fn playlist_with(extra: impl Fn(usize, &OwnedChannel) -> Vec<OwnedChannel>) -> Vec<OwnedChannel> {
     let channels = playlist();
-    let mut out = Vec::with_capacity(channels.len() + channels.len() / 9 + 1);
+    let mut out = Vec::with_capacity(channels.len() * 2);
     let mut pending = Vec::new();
     for (index, channel) in channels.iter().enumerate() {
         out.push(channel.clone());
-        if index % 9 == 0 {
-            let mut copy = channel.clone();
-            copy.tvg_id = format!("  {}\t", channel.tvg_id.to_ascii_uppercase()).into();
-            copy.stream_url = format!(" {} ", channel.stream_url).into();
-            copy.channel_name =
-                format!("{} FHD [copy]", channel.channel_name.to_uppercase()).into();
-            pending.push(copy);
-        }
-        // Release the copies about 1.5 batches later: some land in the same
-        // batch as their original, most in a later one.
+        pending.extend(extra(index, channel));
         if index % 1536 == 1535 {
             out.append(&mut pending);
         }
@@ -538,23 +553,17 @@ fn merge_matches_accepts_only_plans_that_attach_what_filtering_drops() {
 
 const ALTERNATES: &str = "x-alternate-urls";
 
-/// [`playlist_with_copies`] plus mirrors: every 18th channel once more,
+/// The copies of [`playlist_with_copies`] (URLs not padded) plus mirrors:
+/// every 18th channel once more,
 /// twice, with one other URL (the second mirror adds nothing), and for every
 /// 36th that URL holds a space, which the attribute percent-encodes. The
 /// copies and mirrors of 1536 channels are released together, so some land
 /// in the batch of their original and most in a later one.
 fn playlist_with_mirrors() -> Vec<OwnedChannel> {
-    let channels = playlist();
-    let mut out = Vec::new();
-    let mut pending = Vec::new();
-    for (index, channel) in channels.iter().enumerate() {
-        out.push(channel.clone());
+    playlist_with(|index, channel| {
+        let mut extras = Vec::new();
         if index % 9 == 0 {
-            let mut copy = channel.clone();
-            copy.tvg_id = format!("  {}\t", channel.tvg_id.to_ascii_uppercase()).into();
-            copy.channel_name =
-                format!("{} FHD [copy]", channel.channel_name.to_uppercase()).into();
-            pending.push(copy);
+            extras.push(copy_of(channel));
         }
         if index % 18 == 0 {
             let mut mirror = channel.clone();
@@ -564,15 +573,11 @@ fn playlist_with_mirrors() -> Vec<OwnedChannel> {
             } else {
                 format!("{}?mirror=1", channel.stream_url.trim()).into()
             };
-            pending.push(mirror.clone());
-            pending.push(mirror);
+            extras.push(mirror.clone());
+            extras.push(mirror);
         }
-        if index % 1536 == 1535 {
-            out.append(&mut pending);
-        }
-    }
-    out.append(&mut pending);
-    out
+        extras
+    })
 }
 
 /// `channels` as M3U text, as a source would hold it.
