@@ -42,6 +42,9 @@ pub struct Config {
     /// Memory-pressure thresholds.
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// The spill store: tiers, compression, spill directory.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The seed's plugin section.
     #[serde(default)]
     pub proxy_generation: ProxyGeneration,
@@ -296,6 +299,125 @@ impl MemoryConfig {
             critical: self.critical,
             emergency: self.emergency,
         }
+    }
+}
+
+/// `[store]`: where and how a run holds what it must keep across batches
+/// (see [`crate::store`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the disk tier's spill files (default: the system's
+    /// temporary directory). Spill files are unlinked as soon as they are
+    /// created, so nothing is left there after a run.
+    #[serde(default)]
+    pub spill_directory: Option<PathBuf>,
+    /// `false`: no disk tier (what does not fit in memory compressed is not
+    /// held at all: the holding strategy is skipped).
+    #[serde(default = "default_true")]
+    pub spill_to_disk: bool,
+    /// Block compression: `lz4` (default, fastest) or `zstd`.
+    #[serde(default)]
+    pub compression: CompressionName,
+    /// zstd level, 1 (fast) to 19 (small); default 3.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// A zstd dictionary trained from your own playlists
+    /// (`m3u-plugin-host store train-dictionary`); zstd only.
+    #[serde(default)]
+    pub zstd_dictionary: Option<PathBuf>,
+    /// Pressure from which held data is compressed (default `high`).
+    #[serde(default = "default_compress_from")]
+    pub compress_from: LevelName,
+    /// Pressure from which held data goes to disk (default `critical`).
+    #[serde(default = "default_disk_from")]
+    pub disk_from: LevelName,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            spill_directory: None,
+            spill_to_disk: true,
+            compression: CompressionName::default(),
+            zstd_level: default_zstd_level(),
+            zstd_dictionary: None,
+            compress_from: default_compress_from(),
+            disk_from: default_disk_from(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+fn default_compress_from() -> LevelName {
+    LevelName(MemoryPressureLevel::High)
+}
+fn default_disk_from() -> LevelName {
+    LevelName(MemoryPressureLevel::Critical)
+}
+
+/// `[store] compression`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionName {
+    /// LZ4 (pure Rust).
+    #[default]
+    Lz4,
+    /// zstd.
+    Zstd,
+}
+
+impl StoreConfig {
+    /// The spill directory the disk tier uses, `None` if disabled.
+    pub fn spill_directory(&self) -> Option<PathBuf> {
+        self.spill_to_disk.then(|| {
+            self.spill_directory
+                .clone()
+                .unwrap_or_else(std::env::temp_dir)
+        })
+    }
+
+    /// The block codec: `compression`, with the dictionary file read.
+    /// `zstd` is forced by a stage's `zstd_compression` strategy.
+    ///
+    /// # Errors
+    /// A dictionary file that cannot be read.
+    pub fn codec(
+        &self,
+        force_zstd: bool,
+        never_compress: bool,
+    ) -> Result<crate::store::BlockCodec> {
+        use crate::store::BlockCodec;
+        if never_compress && !force_zstd {
+            return Ok(BlockCodec::None);
+        }
+        if self.compression == CompressionName::Lz4 && !force_zstd {
+            return Ok(BlockCodec::Lz4);
+        }
+        let dictionary = match &self.zstd_dictionary {
+            Some(path) => Some(std::sync::Arc::new(std::fs::read(path).map_err(
+                |error| {
+                    Error::config_key(
+                        "store.zstd_dictionary",
+                        format!(
+                            "cannot read {}: {error}; train one with `m3u-plugin-host store \
+                         train-dictionary`",
+                            path.display()
+                        ),
+                    )
+                },
+            )?)),
+            None => None,
+        };
+        Ok(BlockCodec::Zstd {
+            level: self.zstd_level,
+            dictionary,
+        })
     }
 }
 
@@ -658,6 +780,21 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        if !(1..=19).contains(&self.store.zstd_level) {
+            return Err(Error::config_key(
+                "store.zstd_level",
+                format!(
+                    "{} is not a zstd level: use 1 (fast) to 19 (small)",
+                    self.store.zstd_level
+                ),
+            ));
+        }
+        if self.store.disk_from.0 < self.store.compress_from.0 {
+            return Err(Error::config_key(
+                "store.disk_from",
+                "must not be below store.compress_from (data is compressed before it spills)",
+            ));
+        }
         if self.pipeline.batch_size == 0 {
             return Err(Error::config_key(
                 "pipeline.batch_size",
@@ -746,6 +883,12 @@ impl Config {
         }
         resolve(&mut self.output.path);
         resolve(&mut self.proxy_generation.wasm_plugins.plugin_directory);
+        if let Some(path) = &mut self.store.spill_directory {
+            resolve(path);
+        }
+        if let Some(path) = &mut self.store.zstd_dictionary {
+            resolve(path);
+        }
     }
 
     /// Config values of every plugin as text, for `get_config`.

@@ -127,6 +127,19 @@ pub enum ErrorKind {
         /// What is wrong.
         message: String,
     },
+    /// The spill store failed (disk full, unreadable block): the run stops
+    /// without writing a truncated playlist.
+    Store {
+        /// The backend: `memory`, `disk`, …
+        store: String,
+        /// Where it keeps its blocks (the spill directory, …).
+        location: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// The run was interrupted (Ctrl-C) before it finished; nothing was
+    /// written in place of the output.
+    Interrupted,
     /// An I/O error, with the path involved.
     Io {
         /// File involved, if any.
@@ -229,6 +242,8 @@ impl Error {
             ErrorKind::Config { .. } => "config",
             ErrorKind::Rule { .. } => "rule",
             ErrorKind::M3u { .. } => "m3u",
+            ErrorKind::Store { .. } => "store",
+            ErrorKind::Interrupted => "interrupted",
             ErrorKind::Io { .. } => "io",
         }
     }
@@ -372,6 +387,15 @@ impl fmt::Display for Error {
             }
             ErrorKind::Rule { rule, message } => write!(f, "invalid rule `{rule}`: {message}"),
             ErrorKind::M3u { line, message } => write!(f, "m3u line {line}: {message}"),
+            ErrorKind::Store {
+                store,
+                location,
+                message,
+            } => write!(f, "spill store `{store}` ({location}): {message}"),
+            ErrorKind::Interrupted => write!(
+                f,
+                "interrupted before the run finished: the output was not replaced"
+            ),
             ErrorKind::Io {
                 path: Some(path),
                 source,

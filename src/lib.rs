@@ -43,6 +43,7 @@ pub mod pipeline;
 pub mod runtime;
 pub mod serve;
 pub mod signing;
+pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
 pub use m3u_proxy_plugin_abi as abi;

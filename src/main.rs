@@ -69,6 +69,28 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Spill store tools.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Train a zstd dictionary from your own playlists, for
+    /// `[store] zstd_dictionary` (with `compression = "zstd"`).
+    TrainDictionary {
+        /// Playlist(s) to learn from (a few thousand channels or more).
+        #[arg(long, short, required = true)]
+        input: Vec<PathBuf>,
+        /// Where to write the dictionary.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Largest dictionary size in bytes.
+        #[arg(long, default_value_t = 64 * 1024)]
+        max_size: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,7 +159,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            let interrupted = error
+                .downcast_ref::<m3u_plugin_host::Error>()
+                .is_some_and(|error| {
+                    matches!(error.kind(), m3u_plugin_host::ErrorKind::Interrupted)
+                });
+            // 128 + SIGINT, as shells report a process stopped by Ctrl-C.
+            ExitCode::from(if interrupted { 130 } else { 1 })
         }
     }
 }
@@ -183,6 +211,32 @@ fn run_cli(cli: Cli) -> Result<()> {
                     )
                 }
             }
+            Ok(())
+        }
+        Command::Store {
+            command:
+                StoreCommand::TrainDictionary {
+                    input,
+                    out,
+                    max_size,
+                },
+        } => {
+            let mut channels = Vec::new();
+            for path in &input {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                channels.extend(m3u_plugin_host::m3u::read_all(&text, 0).1);
+            }
+            let dictionary = m3u_plugin_host::store::train_dictionary(&channels, max_size)?;
+            std::fs::write(&out, &dictionary)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{} byte dictionary from {} channels written to {}; set [store] compression = \"zstd\" and zstd_dictionary = \"{}\"",
+                dictionary.len(),
+                channels.len(),
+                out.display(),
+                out.display()
+            );
             Ok(())
         }
         Command::Keygen { out } => {
@@ -299,6 +353,22 @@ fn run(
     if memory_pressure.is_some() {
         pipeline.force_memory_pressure(memory_pressure);
     }
+    // Ctrl-C (or SIGTERM) stops the run between batches: spill files go
+    // with the process, the temporary output is removed, the old playlist
+    // stays. A second one exits at once.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let handler = ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    if let Err(error) = handler {
+        log::warn!(
+            "cannot catch Ctrl-C ({error}): an interrupted run may leave its temporary output"
+        );
+    }
+    pipeline.set_interrupt_flag(interrupted);
     let sources = if inputs.is_empty() {
         pipeline.configured_sources()?
     } else {

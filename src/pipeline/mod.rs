@@ -7,7 +7,6 @@
 //! the default; an in-memory strategy (chosen only under low memory pressure)
 //! holds the playlist at its stage and lets it go on once all has arrived.
 
-mod held;
 mod plugin_stage;
 mod stats;
 pub mod strategy;
@@ -15,6 +14,8 @@ pub mod strategy;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use m3u_proxy_plugin_abi::{MemoryPressureLevel, Stage, StageContext};
@@ -28,19 +29,20 @@ use crate::native::numbering::{number_the_rest, reserve_explicit_numbers, Channe
 use crate::runtime::PluginRuntime;
 use crate::{Error, ErrorKind, OwnedChannel, Result};
 
-pub use held::HoldMode;
-use held::{HeldBatch, HeldBatches};
+pub use crate::store::HoldStats;
+use crate::store::{BatchQueue, BlockCodec, ExternalSorter, StorePolicy, Tier};
 pub use plugin_stage::PluginSlot;
-pub use stats::{HeldStats, PluginStats, RunStats, StageStats};
+pub use stats::{PluginStats, RunStats, StageStats};
 use strategy::{Candidate, NativeStrategy, PluginChain, StagePlan};
-use strategy::{
-    CHAIN_SEPARATOR, COMPRESSED_HOLD_MAX_PRESSURE, IN_MEMORY_MAX_PRESSURE, MAX_CHAIN_LEN,
-};
+use strategy::{CHAIN_SEPARATOR, MAX_CHAIN_LEN};
 
 /// One playlist input.
 pub struct Source {
     /// Name for logs.
     pub name: String,
+    /// Its size in bytes, if known (a file's length): what the planner
+    /// estimates a holding strategy's need from.
+    pub size_hint: Option<u64>,
     reader: Box<dyn BufRead + Send>,
 }
 
@@ -65,16 +67,24 @@ impl Source {
             ));
         }
         let file = std::fs::File::open(path).map_err(|error| Error::io(path, error))?;
-        Ok(Source::from_reader(
+        let size = file
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|metadata| metadata.len());
+        let mut source = Source::from_reader(
             path.display().to_string(),
             BufReader::with_capacity(256 << 10, file),
-        ))
+        );
+        source.size_hint = size;
+        Ok(source)
     }
 
     /// Any reader.
     pub fn from_reader(name: impl Into<String>, reader: impl BufRead + Send + 'static) -> Source {
         Source {
             name: name.into(),
+            size_hint: None,
             reader: Box::new(reader),
         }
     }
@@ -178,6 +188,11 @@ pub struct Pipeline {
     mapper: Mapper,
     filters: FilterSet,
     monitor: MemoryMonitor,
+    /// Block compression of held data (`[store] compression`).
+    codec: BlockCodec,
+    /// Block compression of `zstd_compression`'s hold.
+    zstd_codec: BlockCodec,
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -212,6 +227,9 @@ impl Pipeline {
             .collect::<Result<FilterSet>>()?;
         let monitor = MemoryMonitor::new(config.memory.thresholds());
         monitor.force_level(config.memory.force_level.map(|level| level.0));
+        let never_compress = config.pipeline.compress_held == CompressHeld::Never;
+        let codec = config.store.codec(false, never_compress)?;
+        let zstd_codec = config.store.codec(true, never_compress)?;
         let mut pipeline = Pipeline {
             config,
             runtime: None,
@@ -222,6 +240,9 @@ impl Pipeline {
             mapper,
             filters,
             monitor,
+            codec,
+            zstd_codec,
+            interrupt: None,
         };
         pipeline.load_plugins()?;
         pipeline.check_strategy_names()?;
@@ -563,10 +584,10 @@ impl Pipeline {
             ));
         }
         if let Some(native) = NativeStrategy::from_name(last) {
-            if native.stage() != stage || native.in_memory() {
+            if native.stage() != stage || native.holds() {
                 let streaming: Vec<&str> = NativeStrategy::ALL
                     .iter()
-                    .filter(|s| s.stage() == stage && !s.in_memory())
+                    .filter(|s| s.stage() == stage && !s.holds())
                     .map(|s| s.name())
                     .collect();
                 return Err(Error::config_key(
@@ -583,36 +604,81 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Highest pressure at which an in-memory `native` strategy is chosen:
-    /// the numbering barrier can hold its channels compressed, so it stays
-    /// available longer unless `compress_held = "never"`.
-    fn max_pressure_of(&self, native: NativeStrategy) -> MemoryPressureLevel {
-        let can_compress = self.config.pipeline.compress_held != CompressHeld::Never;
-        if native == NativeStrategy::InMemoryNumbering && can_compress {
-            COMPRESSED_HOLD_MAX_PRESSURE
-        } else {
-            IN_MEMORY_MAX_PRESSURE
+    /// The store policy of a holding strategy: `zstd_compression` holds
+    /// zstd-compressed, the others with `[store] compression`.
+    pub fn store_policy(&self, native: NativeStrategy) -> StorePolicy {
+        let store = &self.config.store;
+        StorePolicy {
+            codec: if native == NativeStrategy::ZstdCompression {
+                self.zstd_codec.clone()
+            } else {
+                self.codec.clone()
+            },
+            spill_directory: store.spill_directory(),
+            compress_from: store.compress_from.0,
+            disk_from: store.disk_from.0,
+            floor: match self.config.pipeline.compress_held {
+                CompressHeld::Always => Tier::Compressed,
+                CompressHeld::Auto | CompressHeld::Never => Tier::Plain,
+            },
         }
     }
 
-    /// How the numbering barrier holds channels at this pressure level.
-    pub fn hold_mode(&self, level: MemoryPressureLevel) -> HoldMode {
-        match self.config.pipeline.compress_held {
-            CompressHeld::Always => HoldMode::Compressed,
-            CompressHeld::Auto if level > IN_MEMORY_MAX_PRESSURE => HoldMode::Compressed,
-            CompressHeld::Auto | CompressHeld::Never => HoldMode::Plain,
-        }
+    /// Memory the run's holders may use before pressure reaches `high`,
+    /// shared among the holding strategies the configuration lists.
+    fn spare_bytes_per_holder(&self) -> u64 {
+        let holders = Stage::ALL
+            .iter()
+            .flat_map(|&stage| {
+                self.config
+                    .proxy_generation
+                    .wasm_plugins
+                    .strategies
+                    .for_stage(stage)
+            })
+            .filter(|name| NativeStrategy::from_name(name).is_some_and(NativeStrategy::holds))
+            .count()
+            .max(1) as u64;
+        let spare = match self.monitor.snapshot() {
+            Ok(snapshot) => {
+                let high = (snapshot.limit_bytes as f64 * self.config.memory.high) as u64;
+                high.saturating_sub(snapshot.used_bytes)
+            }
+            // Nothing to measure: adapt by pressure only (which then reads
+            // optimal, unless forced).
+            Err(_) => u64::MAX,
+        };
+        spare / holders
     }
 
-    /// Chooses the strategy chain of every stage for this pressure level.
+    /// Chooses the strategy chain of every stage for this pressure level,
+    /// for inputs of unknown size.
     pub fn plan(&mut self, level: MemoryPressureLevel) -> Vec<StagePlan> {
+        self.plan_for_input(level, None)
+    }
+
+    /// Chooses the strategy chain of every stage for this pressure level
+    /// and an input of `input_bytes` (the sources' size, if known): a
+    /// holding strategy is chosen only if its estimated need fits.
+    pub fn plan_for_input(
+        &mut self,
+        level: MemoryPressureLevel,
+        input_bytes: Option<u64>,
+    ) -> Vec<StagePlan> {
+        let spare = self.spare_bytes_per_holder();
         Stage::ALL
             .into_iter()
-            .map(|stage| self.plan_stage(stage, level))
+            .map(|stage| self.plan_stage(stage, level, input_bytes, spare))
             .collect()
     }
 
-    fn plan_stage(&mut self, stage: Stage, level: MemoryPressureLevel) -> StagePlan {
+    fn plan_stage(
+        &mut self,
+        stage: Stage,
+        level: MemoryPressureLevel,
+        input_bytes: Option<u64>,
+        spare: u64,
+    ) -> StagePlan {
         let names = self
             .config
             .proxy_generation
@@ -622,11 +688,42 @@ impl Pipeline {
             .to_vec();
         let mut chain = Vec::new();
         let mut skipped = Vec::new();
+        let mut hold = None;
+        let mut notes = Vec::new();
         for name in &names {
             if let Some(native) = NativeStrategy::from_name(name) {
-                if native.in_memory() && level > self.max_pressure_of(native) {
-                    skipped.push(format!("{name} (in-memory, pressure is {})", level.name()));
+                if let Some(service) = native.needs_endpoint() {
+                    skipped.push(format!(
+                        "{name} (needs {service}; none is configured in this build)"
+                    ));
                     continue;
+                }
+                if native.holds() {
+                    if hold.is_some() {
+                        skipped.push(format!("{name} (the stage already holds)"));
+                        continue;
+                    }
+                    let policy = self.store_policy(native);
+                    match crate::store::plan_tier(&policy, level, input_bytes, spare) {
+                        Some(tier_plan) => {
+                            notes.push(format!(
+                                "{name} holds {} ({})",
+                                tier_plan.tier.name(),
+                                tier_plan.reason
+                            ));
+                            hold = Some((native, tier_plan));
+                        }
+                        None => {
+                            skipped.push(format!(
+                                "{name} (its estimated need does not fit in memory and \
+                                 [store] spill_to_disk is off)"
+                            ));
+                            continue;
+                        }
+                    }
+                    if native.only_holds() {
+                        continue;
+                    }
                 }
                 chain.push(Candidate::Native(native));
                 break; // natives do not fail: nothing after one is reachable
@@ -664,14 +761,18 @@ impl Pipeline {
             chain.push(Candidate::Native(NativeStrategy::streaming_default(stage)));
         }
         let first = self.candidate_name(&chain[0]);
-        let reason = match (names.is_empty(), skipped.is_empty()) {
+        let mut reason = match (names.is_empty(), skipped.is_empty()) {
             (true, _) => "nothing listed: native streaming default".to_string(),
             (false, true) => "first listed candidate".to_string(),
             (false, false) => format!("skipped {}", skipped.join("; ")),
         };
+        if !notes.is_empty() {
+            reason = format!("{reason}; {}", notes.join("; "));
+        }
         log::info!("stage {}: using {first} ({reason})", stage.name());
         StagePlan {
             stage,
+            hold,
             chain,
             reason,
         }
@@ -746,7 +847,9 @@ impl Pipeline {
     /// Runs the pipeline over `sources` into `sink`.
     ///
     /// # Errors
-    /// I/O errors, or a plugin failure when `enable_fallbacks = false`.
+    /// I/O errors, a spill store that fails, an interruption (see
+    /// [`Pipeline::set_interrupt_flag`]), or a plugin failure when
+    /// `enable_fallbacks = false`.
     pub fn run(&mut self, sources: Vec<Source>, sink: &mut dyn ChannelSink) -> Result<RunStats> {
         let started = Instant::now();
         if self.config.proxy_generation.wasm_plugins.enable_hot_reload {
@@ -754,15 +857,24 @@ impl Pipeline {
         }
         let level = self.monitor.level();
         let snapshot = self.monitor.snapshot().ok();
-        let plans = self.plan(level);
+        let input_bytes = sources
+            .iter()
+            .map(|source| source.size_hint)
+            .sum::<Option<u64>>();
+        let plans = self.plan_for_input(level, input_bytes);
         let mut run = RunState {
             stats: RunStats {
                 memory_pressure: level.name().to_string(),
+                memory_source: snapshot.map(|s| s.source.name().to_string()),
+                memory_limit_bytes: snapshot.map(|s| s.limit_bytes),
                 stages: plans
                     .iter()
                     .map(|plan| StageStats {
                         stage: plan.stage.name().to_string(),
                         strategy: self.candidate_name(&plan.chain[0]),
+                        hold: plan.hold.as_ref().map(|(native, tier_plan)| {
+                            format!("{} ({})", native.name(), tier_plan.tier.name())
+                        }),
                         reason: plan.reason.clone(),
                         ..StageStats::default()
                     })
@@ -779,10 +891,27 @@ impl Pipeline {
                 batch_index: 0,
             },
             numberer: ChannelNumberer::new(self.config.numbering.start),
-            numbering_hold: HeldBatches::new(self.hold_mode(level)),
-            sorted: Vec::new(),
+            holds: Default::default(),
+            barrier: None,
+            sorter: None,
             plans,
         };
+        for (index, plan) in run.plans.iter().enumerate() {
+            let Some((native, tier_plan)) = &plan.hold else {
+                continue;
+            };
+            let policy = self.store_policy(*native);
+            let (tier, budget) = (tier_plan.tier, tier_plan.plain_budget);
+            match native {
+                NativeStrategy::InMemoryNumbering => {
+                    run.barrier = Some(BatchQueue::new(native.name(), policy, tier, budget));
+                }
+                NativeStrategy::SortedWriter => {
+                    run.sorter = Some(ExternalSorter::new(policy, tier, budget));
+                }
+                _ => run.holds[index] = Some(BatchQueue::new(native.name(), policy, tier, budget)),
+            }
+        }
         let plugin_baseline: Vec<(u64, u64)> = self
             .plugins
             .iter()
@@ -792,24 +921,17 @@ impl Pipeline {
             })
             .collect();
 
-        let in_memory_source =
-            run.plans[0].chain[0] == Candidate::Native(NativeStrategy::InMemorySource);
-        let numbering_barrier =
-            run.plans[3].chain[0] == Candidate::Native(NativeStrategy::InMemoryNumbering);
-        let sorted_output =
-            run.plans[4].chain[0] == Candidate::Native(NativeStrategy::SortedWriter);
-
         let batch_size = self.config.pipeline.batch_size;
-        let loading_started = Instant::now();
-        let mut loader = Loader::new(sources, in_memory_source)?;
-        let mut loading_time = loading_started.elapsed();
+        let mut loader = Loader::new(sources);
+        let mut loading_time = Duration::ZERO;
         let mut begun = false;
         let mut next_id = 1u64;
         loop {
+            self.check_interrupted()?;
             let batch_started = Instant::now();
             let next = loader.next_batch(batch_size, &mut next_id)?;
             loading_time += batch_started.elapsed();
-            let Some(mut batch) = next else {
+            let Some(batch) = next else {
                 break;
             };
             if !begun {
@@ -820,61 +942,60 @@ impl Pipeline {
             }
             run.stats.batches += 1;
             run.stats.channels_loaded += batch.len() as u64;
-            for stage_index in 0..3 {
-                self.run_stage(&mut run, stage_index, &mut batch)?;
-            }
-            if numbering_barrier {
-                let stage_started = Instant::now();
-                let explicit = reserve_explicit_numbers(&mut run.numberer, &mut batch);
-                run.stats.stages[3].channels_in += batch.len() as u64;
-                run.numbering_hold.push(HeldBatch {
-                    channels: batch,
-                    explicit,
-                })?;
-                run.stats.stages[3].time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
-                continue;
-            }
-            self.run_stage(&mut run, 3, &mut batch)?;
-            self.finish_batch(&mut run, batch, sorted_output, sink)?;
+            self.advance(&mut run, batch, 0, sink)?;
         }
         run.stats.malformed_entries = loader.malformed;
         run.stats.stages[0].time_ms += loading_time.as_secs_f64() * 1e3;
         if !begun {
             sink.begin(&loader.header)?;
         }
-        if numbering_barrier {
-            let hold =
-                std::mem::replace(&mut run.numbering_hold, HeldBatches::new(HoldMode::Plain));
-            run.stats.held = Some(hold.stats());
-            // Batch by batch: each is decompressed (if it was compressed),
-            // numbered and sent on before the next is touched.
-            for held in hold.into_batches() {
+        // The input has ended: let go of what each stage held, in stage
+        // order, one batch at a time (each may fill a later stage's hold).
+        for index in 0..3 {
+            let Some(mut hold) = run.holds[index].take() else {
+                continue;
+            };
+            while let Some((batch, ())) = hold.pop()? {
+                self.check_interrupted()?;
+                self.advance(&mut run, batch, index + 1, sink)?;
+            }
+            run.stats.holds.push(hold.stats());
+        }
+        if let Some(mut barrier) = run.barrier.take() {
+            // Batch by batch: each is read back, numbered and sent on before
+            // the next is touched.
+            while let Some((mut channels, explicit)) = barrier.pop()? {
+                self.check_interrupted()?;
                 let stage_started = Instant::now();
-                let HeldBatch {
-                    mut channels,
-                    explicit,
-                } = held?;
                 number_the_rest(&mut run.numberer, &mut channels, &explicit);
                 let numbering = &mut run.stats.stages[3];
                 numbering.channels_out += channels.len() as u64;
                 numbering.count_batch(NativeStrategy::InMemoryNumbering.name());
                 numbering.time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
-                self.finish_batch(&mut run, channels, sorted_output, sink)?;
+                self.finish_batch(&mut run, channels, sink)?;
             }
+            run.stats.holds.push(barrier.stats());
         }
-        if sorted_output {
-            let mut all = std::mem::take(&mut run.sorted);
+        if let Some(sorter) = run.sorter.take() {
             let stage_started = Instant::now();
-            all.sort_by_key(|channel| channel.tvg_chno.parse::<u64>().unwrap_or(u64::MAX));
-            let generation = &mut run.stats.stages[4];
-            generation.channels_in += all.len() as u64;
-            generation.channels_out += all.len() as u64;
-            generation.count_batch(NativeStrategy::SortedWriter.name());
-            generation.time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
-            for chunk in chunks(all, batch_size) {
-                run.stats.channels_written += chunk.len() as u64;
-                sink.write_batch(&chunk)?;
+            let mut sorted = sorter.finish(batch_size)?;
+            let mut sort_time = stage_started.elapsed();
+            loop {
+                self.check_interrupted()?;
+                let batch_started = Instant::now();
+                let next = sorted.next_batch()?;
+                sort_time += batch_started.elapsed();
+                let Some(batch) = next else {
+                    break;
+                };
+                let generation = &mut run.stats.stages[4];
+                generation.channels_out += batch.len() as u64;
+                generation.count_batch(NativeStrategy::SortedWriter.name());
+                run.stats.channels_written += batch.len() as u64;
+                sink.write_batch(&batch)?;
             }
+            run.stats.stages[4].time_ms += sort_time.as_secs_f64() * 1e3;
+            run.stats.holds.push(sorted.stats().clone());
         }
         sink.finish()?;
 
@@ -906,6 +1027,20 @@ impl Pipeline {
         Ok(stats)
     }
 
+    /// Stops the run between batches once `flag` is set (the CLI sets it on
+    /// Ctrl-C): the run returns [`ErrorKind::Interrupted`], its spill files
+    /// are gone, and a sink that writes a file leaves the old one in place.
+    pub fn set_interrupt_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.interrupt = Some(flag);
+    }
+
+    fn check_interrupted(&self) -> Result<()> {
+        match &self.interrupt {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(ErrorKind::Interrupted.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs the pipeline and collects the channels.
     ///
     /// # Errors
@@ -916,16 +1051,51 @@ impl Pipeline {
         Ok((sink.channels, stats))
     }
 
-    /// The generation stage, then the sink (or the sort buffer).
+    /// Takes a batch through the stages from `from` on, until a stage holds
+    /// it or it reaches the sink. The memory pressure is read again for
+    /// each batch (the monitor caches it briefly): plugins see it in their
+    /// context, and holders move down a tier when it rises.
+    fn advance(
+        &mut self,
+        run: &mut RunState,
+        mut batch: Vec<OwnedChannel>,
+        from: usize,
+        sink: &mut dyn ChannelSink,
+    ) -> Result<()> {
+        let level = self.monitor.level();
+        run.context.memory_pressure = level;
+        for index in from..3 {
+            self.run_stage(run, index, &mut batch)?;
+            if let Some(hold) = &mut run.holds[index] {
+                return hold.push(batch, (), level);
+            }
+        }
+        if from <= 3 {
+            if let Some(barrier) = &mut run.barrier {
+                let stage_started = Instant::now();
+                let explicit = reserve_explicit_numbers(&mut run.numberer, &mut batch);
+                run.stats.stages[3].channels_in += batch.len() as u64;
+                barrier.push(batch, explicit, level)?;
+                run.stats.stages[3].time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
+                return Ok(());
+            }
+            self.run_stage(run, 3, &mut batch)?;
+        }
+        self.finish_batch(run, batch, sink)
+    }
+
+    /// The generation stage, then the sink (or the sorter).
     fn finish_batch(
         &mut self,
         run: &mut RunState,
         mut batch: Vec<OwnedChannel>,
-        sorted_output: bool,
         sink: &mut dyn ChannelSink,
     ) -> Result<()> {
-        if sorted_output {
-            run.sorted.append(&mut batch);
+        if let Some(sorter) = &mut run.sorter {
+            let started = Instant::now();
+            run.stats.stages[4].channels_in += batch.len() as u64;
+            sorter.push(batch, self.monitor.level())?;
+            run.stats.stages[4].time_ms += started.elapsed().as_secs_f64() * 1e3;
             return Ok(());
         }
         self.run_stage(run, 4, &mut batch)?;
@@ -1044,16 +1214,36 @@ impl Pipeline {
         numberer: &mut ChannelNumberer,
     ) {
         match native {
-            NativeStrategy::Mapping => {
+            NativeStrategy::Mapping | NativeStrategy::ZstdCompression => {
                 if !self.mapper.is_empty() {
                     for channel in batch.iter_mut() {
                         self.mapper.apply(channel);
                     }
                 }
             }
-            NativeStrategy::Filter => {
+            NativeStrategy::ParallelMapping => {
+                if !self.mapper.is_empty() {
+                    map_in_parallel(&self.mapper, batch);
+                }
+            }
+            // inmemory_filter filters each batch as it comes; the stage's
+            // hold keeps the result until the input ends.
+            NativeStrategy::Filter
+            | NativeStrategy::InMemoryFilter
+            | NativeStrategy::RedisSpill => {
                 if !self.filters.is_empty() {
                     batch.retain(|channel| self.filters.keeps(channel));
+                }
+            }
+            NativeStrategy::BitmaskFilter => {
+                if !self.filters.is_empty() {
+                    let keep = keep_bitmask(&self.filters, batch);
+                    let mut index = 0;
+                    batch.retain(|_| {
+                        let kept = keep[index / 64] & (1 << (index % 64)) != 0;
+                        index += 1;
+                        kept
+                    });
                 }
             }
             // As a per-batch fallback the in-memory numbering runs streaming:
@@ -1063,92 +1253,96 @@ impl Pipeline {
                     numberer.assign(channel);
                 }
             }
-            // Reading and writing happen around the stages; as stage steps
-            // these leave the batch as it is.
+            // Reading, holding and writing happen around the stages; as
+            // stage steps these leave the batch as it is.
             NativeStrategy::StreamingSource
             | NativeStrategy::InMemorySource
+            | NativeStrategy::CloudSpill
             | NativeStrategy::StreamingWriter
             | NativeStrategy::SortedWriter => {}
         }
     }
 }
 
+/// The `[filtering]` filters as a keep bitmask (bit `i % 64` of word
+/// `i / 64` set: keep channel `i`), the form a plugin filter answers in.
+fn keep_bitmask(filters: &FilterSet, batch: &[OwnedChannel]) -> Vec<u64> {
+    let mut keep = vec![0u64; batch.len().div_ceil(64)];
+    for (index, channel) in batch.iter().enumerate() {
+        if filters.keeps(channel) {
+            keep[index / 64] |= 1 << (index % 64);
+        }
+    }
+    keep
+}
+
+/// Below this many channels per worker, threads cost more than they save.
+const PARALLEL_MIN_CHANNELS_PER_WORKER: usize = 256;
+
+/// The `[mapping]` rules over a batch split among the machine's cores;
+/// channels stay in place, so the order is the input's.
+fn map_in_parallel(mapper: &Mapper, batch: &mut [OwnedChannel]) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = cores
+        .min(batch.len() / PARALLEL_MIN_CHANNELS_PER_WORKER)
+        .max(1);
+    if workers == 1 {
+        for channel in batch.iter_mut() {
+            mapper.apply(channel);
+        }
+        return;
+    }
+    let chunk = batch.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        for part in batch.chunks_mut(chunk) {
+            scope.spawn(move || {
+                for channel in part.iter_mut() {
+                    mapper.apply(channel);
+                }
+            });
+        }
+    });
+}
+
 struct RunState {
     stats: RunStats,
     context: StageContext<'static>,
     numberer: ChannelNumberer,
-    /// The numbering barrier's channels (`inmemory_numbering`).
-    numbering_hold: HeldBatches,
-    /// The sort buffer (`sorted_writer`).
-    sorted: Vec<OwnedChannel>,
+    /// What source_loading, data_mapping and filtering hold until the input
+    /// ends (`inmemory_full`, `zstd_compression`, `inmemory_filter`).
+    holds: [Option<BatchQueue>; 3],
+    /// The numbering barrier (`inmemory_numbering`), with each batch's
+    /// explicit-number bits.
+    barrier: Option<BatchQueue<Vec<u64>>>,
+    /// The external sort (`sorted_writer`).
+    sorter: Option<ExternalSorter>,
     plans: Vec<StagePlan>,
-}
-
-fn chunks(all: Vec<OwnedChannel>, size: usize) -> impl Iterator<Item = Vec<OwnedChannel>> {
-    let mut rest = all.into_iter().peekable();
-    std::iter::from_fn(move || {
-        rest.peek()?;
-        Some(rest.by_ref().take(size).collect())
-    })
 }
 
 /// Reads the sources one after another, in batches, assigning ids.
 struct Loader {
     readers: std::vec::IntoIter<(u32, M3uReader<Box<dyn BufRead + Send>>)>,
     current: Option<(u32, M3uReader<Box<dyn BufRead + Send>>)>,
-    /// Set for `inmemory_full`: everything, read up front.
-    preloaded: Option<std::vec::IntoIter<OwnedChannel>>,
     header: PlaylistHeader,
     malformed: u64,
 }
 
 impl Loader {
-    fn new(sources: Vec<Source>, in_memory: bool) -> Result<Loader> {
-        let mut readers = Vec::with_capacity(sources.len());
-        let header = PlaylistHeader::default();
-        for (index, source) in sources.into_iter().enumerate() {
-            let mut reader = source.reader;
-            if in_memory {
-                let mut bytes = Vec::new();
-                reader
-                    .read_to_end(&mut bytes)
-                    .map_err(|error| Error::io(&source.name, error))?;
-                reader = Box::new(std::io::Cursor::new(bytes));
-            }
-            readers.push((index as u32, M3uReader::new(reader, index as u32)));
-        }
-        let mut loader = Loader {
+    fn new(sources: Vec<Source>) -> Loader {
+        let readers: Vec<_> = sources
+            .into_iter()
+            .enumerate()
+            .map(|(index, source)| (index as u32, M3uReader::new(source.reader, index as u32)))
+            .collect();
+        Loader {
             readers: readers.into_iter(),
             current: None,
-            preloaded: None,
-            header,
+            header: PlaylistHeader::default(),
             malformed: 0,
-        };
-        if in_memory {
-            let mut all = Vec::new();
-            let mut next_id = 1;
-            while let Some(mut batch) = loader.next_from_readers(usize::MAX, &mut next_id)? {
-                all.append(&mut batch);
-            }
-            loader.preloaded = Some(all.into_iter());
         }
-        Ok(loader)
     }
 
     fn next_batch(&mut self, size: usize, next_id: &mut u64) -> Result<Option<Vec<OwnedChannel>>> {
-        if let Some(preloaded) = &mut self.preloaded {
-            let batch: Vec<OwnedChannel> = preloaded.take(size).collect();
-            *next_id += batch.len() as u64;
-            return Ok((!batch.is_empty()).then_some(batch));
-        }
-        self.next_from_readers(size, next_id)
-    }
-
-    fn next_from_readers(
-        &mut self,
-        size: usize,
-        next_id: &mut u64,
-    ) -> Result<Option<Vec<OwnedChannel>>> {
         let mut batch = Vec::with_capacity(size.min(4096));
         while batch.len() < size {
             if self.current.is_none() {

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::store::{HoldStats, Tier};
+
 /// Counters of one stage.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct StageStats {
@@ -9,7 +11,10 @@ pub struct StageStats {
     pub stage: String,
     /// Strategy chosen to run first.
     pub strategy: String,
-    /// Why it was chosen.
+    /// The holding strategy of the stage and the tier it started in, if the
+    /// stage held what passed through it.
+    pub hold: Option<String>,
+    /// Why it was chosen (and what was skipped, and why).
     pub reason: String,
     /// Channels that entered the stage.
     pub channels_in: u64,
@@ -66,6 +71,10 @@ pub struct PluginStats {
 pub struct RunStats {
     /// Memory pressure when the run was planned.
     pub memory_pressure: String,
+    /// Where memory was read (`cgroup_v1`, `cgroup_v2`, `proc_meminfo`).
+    pub memory_source: Option<String>,
+    /// The memory limit the run planned against, in bytes.
+    pub memory_limit_bytes: Option<u64>,
     /// Channels read from the sources.
     pub channels_loaded: u64,
     /// Channels written.
@@ -92,22 +101,8 @@ pub struct RunStats {
     pub time_ms: f64,
     /// Peak resident memory of the process, in bytes, if known.
     pub peak_rss_bytes: Option<u64>,
-    /// What `inmemory_numbering` held, when it ran.
-    pub held: Option<HeldStats>,
-}
-
-/// What the numbering barrier (`inmemory_numbering`) held until the input
-/// ended.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct HeldStats {
-    /// `plain` or `compressed` (`[pipeline] compress_held`).
-    pub mode: String,
-    /// Channels held.
-    pub channels: u64,
-    /// Their postcard size (compressed mode only, else 0).
-    pub encoded_bytes: u64,
-    /// What was held after LZ4 (compressed mode only, else 0).
-    pub compressed_bytes: u64,
+    /// What each holding strategy held, with its tier moves.
+    pub holds: Vec<HoldStats>,
 }
 
 impl RunStats {
@@ -146,17 +141,34 @@ impl RunStats {
                 batches.join(", ")
             );
         }
-        if let Some(held) = &self.held {
-            let _ = write!(out, "held {} channels {}", held.channels, held.mode);
-            if held.compressed_bytes > 0 {
+        for hold in &self.holds {
+            let _ = write!(
+                out,
+                "held by {}: {} channels, {}",
+                hold.holder,
+                hold.channels,
+                hold.tier.map_or("-", Tier::name)
+            );
+            if hold.stored_bytes > 0 {
                 let _ = write!(
                     out,
-                    ": {:.1} MiB encoded → {:.1} MiB compressed",
-                    held.encoded_bytes as f64 / 1048576.0,
-                    held.compressed_bytes as f64 / 1048576.0
+                    " ({}: {:.1} MiB encoded → {:.1} MiB stored)",
+                    hold.codec,
+                    hold.encoded_bytes as f64 / 1048576.0,
+                    hold.stored_bytes as f64 / 1048576.0
                 );
             }
             out.push('\n');
+            for switch in &hold.switches {
+                let _ = writeln!(
+                    out,
+                    "  moved {} → {} at {} channels: {}",
+                    switch.from.name(),
+                    switch.to.name(),
+                    switch.at_channels,
+                    switch.reason
+                );
+            }
         }
         let _ = writeln!(
             out,

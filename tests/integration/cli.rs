@@ -103,7 +103,7 @@ fn example_config_runs_with_plugins_and_writes_stats() {
 }
 
 #[test]
-fn forced_high_pressure_switches_to_streaming_with_the_same_channels() {
+fn forced_pressure_moves_holds_to_disk_with_the_same_channels() {
     let dir = scratch_dir("cli-pressure");
     let run = |level: &str| -> (serde_json::Value, String) {
         let output = dir.join(format!("{level}.m3u"));
@@ -123,17 +123,26 @@ fn forced_high_pressure_switches_to_streaming_with_the_same_channels() {
     let (low, low_m3u) = run("moderate");
     let (critical, critical_m3u) = run("critical");
     let (high, high_m3u) = run("emergency");
-    assert_eq!(strategies(&low)[3], "inmemory_numbering");
-    assert_eq!(low["held"]["mode"], "plain");
-    // At critical only the numbering barrier stays in memory, compressed.
-    assert_eq!(strategies(&critical)[0], "streaming_source");
-    assert_eq!(strategies(&critical)[3], "inmemory_numbering");
-    assert_eq!(critical["held"]["mode"], "compressed");
-    assert_eq!(strategies(&critical)[4], "streaming_writer");
-    assert_eq!(strategies(&high)[0], "streaming_source");
-    assert_eq!(strategies(&high)[3], "streaming_numbering");
-    assert_eq!(strategies(&high)[4], "streaming_writer");
-    assert!(high["held"].is_null());
+    let tier_of = |stats: &serde_json::Value, holder: &str| -> String {
+        stats["holds"]
+            .as_array()
+            .expect("holds")
+            .iter()
+            .find(|hold| hold["holder"] == holder)
+            .map(|hold| hold["tier"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    // Every holding strategy stays chosen; only its tier follows the
+    // pressure: plain, compressed from high, disk from critical.
+    for stats in [&low, &critical, &high] {
+        assert_eq!(strategies(stats)[0], "inmemory_full");
+        assert_eq!(strategies(stats)[3], "inmemory_numbering");
+        assert_eq!(strategies(stats)[4], "sorted_writer");
+    }
+    assert_eq!(tier_of(&low, "inmemory_numbering"), "plain");
+    assert_eq!(tier_of(&critical, "inmemory_numbering"), "disk");
+    assert_eq!(tier_of(&critical, "sorted_writer"), "disk");
+    assert_eq!(tier_of(&high, "inmemory_full"), "disk");
     assert_eq!(entries(&low_m3u), entries(&high_m3u));
     assert_eq!(entries(&low_m3u), entries(&critical_m3u));
 }

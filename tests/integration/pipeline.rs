@@ -8,6 +8,7 @@ use m3u_plugin_host::abi::MemoryPressureLevel;
 use m3u_plugin_host::config::Config;
 use m3u_plugin_host::m3u::read_all;
 use m3u_plugin_host::pipeline::{Pipeline, Source};
+use m3u_plugin_host::store::{HoldStats, Tier};
 use m3u_plugin_host::{ErrorKind, OwnedChannel};
 
 const PLAYLIST: &str = include_str!("../fixtures/m3u/iptv-org-index-2021.m3u");
@@ -184,44 +185,57 @@ fn numbering_keeps_explicit_numbers_and_resolves_collisions() {
     );
 }
 
+/// The hold of `holder` in a run's statistics.
+fn hold<'s>(stats: &'s m3u_plugin_host::pipeline::RunStats, holder: &str) -> &'s HoldStats {
+    stats
+        .holds
+        .iter()
+        .find(|hold| hold.holder == holder)
+        .unwrap_or_else(|| panic!("no hold by {holder}: {:?}", stats.holds))
+}
+
 #[test]
-fn memory_pressure_switches_in_memory_strategies_to_streaming() {
+fn memory_pressure_moves_what_is_held_down_a_tier_with_the_same_output() {
     let empty = scratch_dir("empty");
-    let extra = "[pipeline]\ncompress_held = \"never\"\n\
-        [proxy_generation.wasm_plugins.strategies]\n\
+    let extra = "[proxy_generation.wasm_plugins.strategies]\n\
         source_loading = [\"inmemory_full\"]\n\
         channel_numbering = [\"inmemory_numbering\"]\n\
         m3u_generation = [\"sorted_writer\"]\n";
     let (low_out, low) = run(config(&empty, extra), MemoryPressureLevel::Optimal);
     let (high_out, high) = run(config(&empty, extra), MemoryPressureLevel::High);
+    let (critical_out, critical) = run(config(&empty, extra), MemoryPressureLevel::Critical);
     let strategies = |s: &m3u_plugin_host::pipeline::RunStats| -> Vec<String> {
         s.stages.iter().map(|st| st.strategy.clone()).collect()
     };
-    assert_eq!(
-        strategies(&low),
-        [
-            "inmemory_full",
-            "native_mapping",
-            "native_filter",
-            "inmemory_numbering",
-            "sorted_writer"
-        ]
+    // Holding strategies stay usable at every level: only where they hold
+    // changes.
+    for stats in [&low, &high, &critical] {
+        assert_eq!(
+            strategies(stats),
+            [
+                "inmemory_full",
+                "native_mapping",
+                "native_filter",
+                "inmemory_numbering",
+                "sorted_writer"
+            ]
+        );
+    }
+    for holder in ["inmemory_full", "inmemory_numbering", "sorted_writer"] {
+        assert_eq!(hold(&low, holder).tier, Some(Tier::Plain), "{holder}");
+        assert_eq!(hold(&high, holder).tier, Some(Tier::Compressed), "{holder}");
+        assert_eq!(hold(&critical, holder).tier, Some(Tier::Disk), "{holder}");
+    }
+    assert!(
+        high.stages[3]
+            .reason
+            .contains("inmemory_numbering holds compressed"),
+        "{}",
+        high.stages[3].reason
     );
-    assert_eq!(
-        strategies(&high),
-        [
-            "streaming_source",
-            "native_mapping",
-            "native_filter",
-            "streaming_numbering",
-            "streaming_writer"
-        ]
-    );
-    assert!(high.stages[3]
-        .reason
-        .contains("inmemory_numbering (in-memory, pressure is high)"));
     assert_eq!(high.memory_pressure, "high");
-    assert_eq!(low_out.len(), high_out.len());
+    assert_eq!(high_out, low_out);
+    assert_eq!(critical_out, low_out);
 }
 
 #[test]
@@ -232,26 +246,28 @@ fn numbering_barrier_holds_compressed_under_high_pressure_with_the_same_output()
     let (plain_out, plain) = run(config(&empty, extra), MemoryPressureLevel::Optimal);
     let (compressed_out, compressed) = run(config(&empty, extra), MemoryPressureLevel::High);
     let (critical_out, critical) = run(config(&empty, extra), MemoryPressureLevel::Critical);
-    let (_, emergency) = run(config(&empty, extra), MemoryPressureLevel::Emergency);
+    let (emergency_out, emergency) = run(config(&empty, extra), MemoryPressureLevel::Emergency);
 
-    for stats in [&plain, &compressed, &critical] {
+    for stats in [&plain, &compressed, &critical, &emergency] {
         assert_eq!(stats.stages[3].strategy, "inmemory_numbering");
     }
-    assert_eq!(emergency.stages[3].strategy, "streaming_numbering");
-    assert!(emergency.held.is_none());
-
-    let plain_held = plain.held.as_ref().expect("held");
-    let compressed_held = compressed.held.as_ref().expect("held");
-    assert_eq!(plain_held.mode, "plain");
-    assert_eq!(compressed_held.mode, "compressed");
+    let plain_held = hold(&plain, "inmemory_numbering");
+    let compressed_held = hold(&compressed, "inmemory_numbering");
+    assert_eq!(plain_held.tier, Some(Tier::Plain));
+    assert_eq!(compressed_held.tier, Some(Tier::Compressed));
+    assert_eq!(
+        hold(&emergency, "inmemory_numbering").tier,
+        Some(Tier::Disk)
+    );
     assert_eq!(compressed_held.channels, compressed.channels_written);
     assert!(
-        compressed_held.compressed_bytes * 2 < compressed_held.encoded_bytes,
+        compressed_held.stored_bytes * 2 < compressed_held.encoded_bytes,
         "{compressed_held:?}"
     );
-    // Compression changes how the channels wait, never what comes out.
+    // The tier changes how the channels wait, never what comes out.
     assert_eq!(compressed_out, plain_out);
     assert_eq!(critical_out, plain_out);
+    assert_eq!(emergency_out, plain_out);
     assert_eq!(
         compressed.stages[3].channels_in,
         compressed.stages[3].channels_out
@@ -278,11 +294,20 @@ fn compress_held_always_and_never_are_obeyed() {
         MemoryPressureLevel::Optimal,
     );
     let (never_out, never) = run(config(&empty, &with("never")), MemoryPressureLevel::Optimal);
-    let (_, never_high) = run(config(&empty, &with("never")), MemoryPressureLevel::High);
-    assert_eq!(always.held.expect("held").mode, "compressed");
-    assert_eq!(never.held.expect("held").mode, "plain");
+    let (never_high_out, never_high) =
+        run(config(&empty, &with("never")), MemoryPressureLevel::High);
+    assert_eq!(
+        hold(&always, "inmemory_numbering").tier,
+        Some(Tier::Compressed)
+    );
+    assert_eq!(hold(&always, "inmemory_numbering").codec, "lz4");
+    assert_eq!(hold(&never, "inmemory_numbering").tier, Some(Tier::Plain));
+    // `never`: blocks are plain postcard when pressure moves them out.
+    let never_high_hold = hold(&never_high, "inmemory_numbering");
+    assert_eq!(never_high_hold.codec, "none");
+    assert_eq!(never_high_hold.stored_bytes, never_high_hold.encoded_bytes);
     assert_eq!(always_out, never_out);
-    assert_eq!(never_high.stages[3].strategy, "streaming_numbering");
+    assert_eq!(never_high_out, never_out);
     let error = Config::from_toml("[pipeline]\ncompress_held = \"sometimes\"\n").unwrap_err();
     assert!(error.to_string().contains("compress_held"), "{error}");
 }
@@ -526,12 +551,12 @@ fn unknown_strategy_names_list_what_is_known() {
     let empty = scratch_dir("empty");
     let error = Pipeline::new(config(
         &empty,
-        "[proxy_generation.wasm_plugins.strategies]\nfiltering = [\"redis_spill\"]\n",
+        "[proxy_generation.wasm_plugins.strategies]\nfiltering = [\"made_up_filter\"]\n",
     ))
     .unwrap_err();
     let text = error.to_string();
     assert!(matches!(error.kind(), ErrorKind::Config { .. }));
-    assert!(text.contains("unknown strategy `redis_spill`"), "{text}");
+    assert!(text.contains("unknown strategy `made_up_filter`"), "{text}");
     assert!(text.contains("native_filter"), "{text}");
     let error = Pipeline::new(config(
         &empty,
