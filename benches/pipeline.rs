@@ -10,11 +10,11 @@
 //! Run: `cargo bench --bench pipeline` (needs ~300 MB of disk for the inputs,
 //! written once to `target/bench-data/`).
 
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use m3u_plugin_host::m3u::{read_all, M3uWriter};
+#[path = "../tests/support/derived_playlist.rs"]
+mod derived_playlist;
 
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
 
@@ -34,37 +34,10 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The real playlist repeated with rewritten `tvg-id`s and URLs: the same
-/// shape and attributes, unique keys.
+/// The real playlist repeated with rewritten `tvg-id`s and URLs
+/// (`tests/support/derived_playlist.rs`), written once to target/bench-data.
 fn derived_input(channels: usize) -> PathBuf {
-    let dir = target_dir().join("bench-data");
-    std::fs::create_dir_all(&dir).expect("create target/bench-data");
-    let path = dir.join(format!("derived-{channels}.m3u"));
-    if path.exists() {
-        return path;
-    }
-    let text = include_str!("../tests/fixtures/m3u/iptv-org-index-2021.m3u");
-    let (header, originals, _) = read_all(text, 0);
-    let file = std::fs::File::create(&path).expect("create input");
-    let mut writer = M3uWriter::new(BufWriter::new(file), &header).expect("writer");
-    for (index, original) in originals.iter().cycle().take(channels).enumerate() {
-        let round = index / originals.len();
-        let mut channel = original.clone();
-        if round > 0 {
-            if !channel.tvg_id.is_empty() {
-                channel.tvg_id = format!("{}.r{round}", channel.tvg_id).into();
-            }
-            let separator = if channel.stream_url.contains('?') {
-                '&'
-            } else {
-                '?'
-            };
-            channel.stream_url = format!("{}{separator}copy={round}", channel.stream_url).into();
-        }
-        writer.write_channel(&channel).expect("write");
-    }
-    writer.finish().expect("finish").flush().expect("flush");
-    path
+    derived_playlist::derived_input(&target_dir().join("bench-data"), channels)
 }
 
 const NATIVE: [&str; 5] = [

@@ -2,6 +2,7 @@ pub mod bad_input;
 pub mod cli;
 pub mod common;
 pub mod fuzz_regressions;
+pub mod memory_limits;
 pub mod hostile;
 pub mod operations;
 pub mod pipeline;
