@@ -13,3 +13,4 @@ pub mod plugin_sports;
 pub mod runtime;
 pub mod serve;
 pub mod signing;
+pub mod spill;

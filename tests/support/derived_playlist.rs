@@ -13,7 +13,12 @@ pub fn write_derived(path: &Path, channels: usize) {
     let text = include_str!("../fixtures/m3u/iptv-org-index-2021.m3u");
     let (header, originals, _) = read_all(text, 0);
     // Written under a temporary name: a run cut short leaves no half file.
-    let partial = path.with_extension("partial");
+    // (unique per thread, so two tests deriving the same file do not mix).
+    let partial = path.with_extension(format!(
+        "{}-{:?}.partial",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let file = std::fs::File::create(&partial).expect("create derived playlist");
     let mut writer = M3uWriter::new(BufWriter::new(file), &header).expect("writer");
     for (index, original) in originals.iter().cycle().take(channels).enumerate() {

@@ -1,0 +1,158 @@
+//! The spill store when things go wrong: a spill disk that fills up and a
+//! run interrupted with Ctrl-C never leave a truncated playlist or a spill
+//! file behind, and the error names the store and what to do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[path = "../support/derived_playlist.rs"]
+mod derived_playlist;
+
+use super::common::repo_path;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = repo_path("target/test-scratch/spill").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn inputs_dir() -> PathBuf {
+    repo_path("target/test-scratch/derived")
+}
+
+/// A native config that sorts its output (`sorted_writer`) and spills to
+/// `spill`.
+fn sorting_config(dir: &Path, spill: &Path) -> PathBuf {
+    let config = dir.join("sorting.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nspill_directory = {spill:?}\n\
+             [proxy_generation.wasm_plugins]\nenabled = false\n\
+             [proxy_generation.wasm_plugins.strategies]\n\
+             channel_numbering = [\"inmemory_numbering\"]\n\
+             m3u_generation = [\"sorted_writer\"]\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn entries_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A tmpfs of `size` mounted at `dir` (root only), unmounted on drop.
+struct TinyDisk(PathBuf);
+
+impl TinyDisk {
+    fn mount(dir: &Path, size: &str) -> Result<TinyDisk, String> {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !status.success() {
+            return Err(format!("mount -t tmpfs failed ({status}): not root?"));
+        }
+        Ok(TinyDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_spill_disk_fails_the_run_without_touching_the_playlist() {
+    let dir = scratch("full-disk");
+    let spill = dir.join("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let _disk = match TinyDisk::mount(&spill, "256k") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot make a tiny spill disk: {why}");
+            return;
+        }
+    };
+    let input = derived_playlist::derived_input(&inputs_dir(), 100_000);
+    let output = dir.join("playlist.m3u");
+    std::fs::write(&output, "#EXTM3U\nthe previous playlist\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
+        .args(["run", "-q", "--config"])
+        .arg(sorting_config(&dir, &spill))
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        // Critical pressure: everything held goes to disk at once.
+        .args(["--memory-pressure", "critical"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("spill store `disk`"), "{stderr}");
+    assert!(stderr.contains(&spill.display().to_string()), "{stderr}");
+    assert!(stderr.contains("disk is full"), "{stderr}");
+    assert!(stderr.contains("spill_directory"), "{stderr}");
+    // The old playlist stays, whole; no temporary output, no spill file.
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "#EXTM3U\nthe previous playlist\n"
+    );
+    assert_eq!(entries_in(&dir).len(), 3, "{:?}", entries_in(&dir));
+    assert!(entries_in(&spill).is_empty(), "{:?}", entries_in(&spill));
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_leaves_the_old_playlist_and_no_spill() {
+    let dir = scratch("interrupt");
+    let spill = dir.join("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let input = derived_playlist::derived_input(&inputs_dir(), 200_000);
+    let output = dir.join("playlist.m3u");
+    std::fs::write(&output, "#EXTM3U\nthe previous playlist\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
+        .args(["run", "-q", "--config"])
+        .arg(sorting_config(&dir, &spill))
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .args(["--memory-pressure", "critical"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the run is under way: its temporary output exists.
+    let temp = dir.join(".playlist.m3u.tmp");
+    let started = std::time::Instant::now();
+    while !temp.exists() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "#EXTM3U\nthe previous playlist\n"
+    );
+    assert!(!temp.exists(), "the temporary output is removed");
+    assert!(entries_in(&spill).is_empty(), "{:?}", entries_in(&spill));
+}
