@@ -1,8 +1,10 @@
 //! The whole pipeline as a user runs it: `m3u-plugin-host run` on inputs of
 //! 10k, 100k and 1M channels derived from the real playlist, native-only and
 //! with three plugins (group_normalizer, passthrough, url_rewriter), with fuel
-//! metering on and off, streaming and in-memory, and the numbering barrier
-//! holding the playlist plain or LZ4-compressed. Each run is a separate
+//! metering on and off, streaming and in-memory; the spill store's holds: the
+//! numbering barrier plain, LZ4, zstd and on disk, and sorted output in
+//! memory against the external merge sort spilling to disk (the ratio of
+//! the two is printed at the end). Each run is a separate
 //! process, so its peak RSS (`VmHWM`, from `--stats-json`) is its own.
 //! Prints time, channels/s and peak RSS beside the native-only run of the
 //! same size, measured in the same bench run.
@@ -61,6 +63,13 @@ const NUMBERING_BARRIER: [&str; 5] = [
     "inmemory_numbering",
     "streaming_writer",
 ];
+const SORTED: [&str; 5] = [
+    "streaming_source",
+    "native_mapping",
+    "native_filter",
+    "streaming_numbering",
+    "sorted_writer",
+];
 const IN_MEMORY: [&str; 5] = [
     "inmemory_full",
     "group_normalizer",
@@ -88,11 +97,16 @@ fn setups() -> Vec<Setup> {
                      data_mapping = [\"group_normalizer\"]\nfiltering = [\"passthrough\"]\n\
                      channel_numbering = [\"inmemory_numbering\"]\n\
                      m3u_generation = [\"sorted_writer\"]\n";
-    let barrier =
+    let spill = target_dir().join("bench-data/spill");
+    std::fs::create_dir_all(&spill).expect("create the spill directory");
+    let store = |compression: &str| {
+        format!("[store]\nspill_directory = {spill:?}\ncompression = \"{compression}\"\n")
+    };
+    let native =
         "[output]\npath = \"/dev/null\"\n[proxy_generation.wasm_plugins]\nenabled = false\n\
-                   [proxy_generation.wasm_plugins.strategies]\n\
-                   channel_numbering = [\"inmemory_numbering\"]\n"
-            .to_string();
+                  [proxy_generation.wasm_plugins.strategies]\n";
+    let barrier = format!("{native}channel_numbering = [\"inmemory_numbering\"]\n");
+    let sorted = format!("{native}m3u_generation = [\"sorted_writer\"]\n");
     vec![
         Setup {
             label: "native only (baseline)",
@@ -125,8 +139,33 @@ fn setups() -> Vec<Setup> {
         Setup {
             label: "native, numbering barrier, LZ4",
             pressure: "high",
-            toml: barrier,
+            toml: format!("{}{barrier}", store("lz4")),
             strategies: NUMBERING_BARRIER,
+        },
+        Setup {
+            label: "native, numbering barrier, zstd",
+            pressure: "high",
+            toml: format!("{}{barrier}", store("zstd")),
+            strategies: NUMBERING_BARRIER,
+        },
+        // Critical pressure: the store's disk tier from the first batch.
+        Setup {
+            label: "native, numbering barrier, disk",
+            pressure: "critical",
+            toml: format!("{}{barrier}", store("lz4")),
+            strategies: NUMBERING_BARRIER,
+        },
+        Setup {
+            label: "native, sorted, in memory",
+            pressure: "optimal",
+            toml: format!("{}{sorted}", store("lz4")),
+            strategies: SORTED,
+        },
+        Setup {
+            label: "native, sorted, disk spill",
+            pressure: "critical",
+            toml: format!("{}{sorted}", store("lz4")),
+            strategies: SORTED,
         },
         Setup {
             label: "2 plugins, in-memory (sorted)",
@@ -143,6 +182,8 @@ struct Measured {
     rss_mib: f64,
     written: u64,
     plugin_failures: u64,
+    /// Bytes the run's holds kept (compressed blocks, memory or disk).
+    held_mib: f64,
 }
 
 fn run(config: &Path, input: &Path, pressure: &str) -> Measured {
@@ -178,6 +219,16 @@ fn run(config: &Path, input: &Path, pressure: &str) -> Measured {
         rss_mib: stats["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
         written: stats["channels_written"].as_u64().unwrap_or(0),
         plugin_failures: stats["plugin_failures"].as_u64().unwrap_or(0),
+        held_mib: stats["holds"]
+            .as_array()
+            .map(|holds| {
+                holds
+                    .iter()
+                    .filter_map(|hold| hold["stored_bytes"].as_f64())
+                    .sum::<f64>()
+            })
+            .unwrap_or(0.0)
+            / 1048576.0,
     }
 }
 
@@ -187,10 +238,18 @@ fn main() {
     let dir = target_dir().join("bench-data");
     let setups = setups();
     println!(
-        "{:<9} {:<32} {:>9} {:>12} {:>10} {:>10} {:>9}",
-        "channels", "setup", "time ms", "channels/s", "vs native", "RSS MiB", "RSS/nat."
+        "{:<9} {:<32} {:>9} {:>12} {:>10} {:>10} {:>9} {:>9}",
+        "channels",
+        "setup",
+        "time ms",
+        "channels/s",
+        "vs native",
+        "RSS MiB",
+        "RSS/nat.",
+        "held MiB"
     );
     let mut streaming_rss = Vec::new();
+    let mut sorted_times = Vec::new();
     for size in SIZES {
         let input = derived_input(size);
         let mut native = None;
@@ -220,15 +279,28 @@ fn main() {
             if setup.label == "3 plugins, streaming" {
                 streaming_rss.push((size, best.rss_mib));
             }
+            if setup.label.starts_with("native, sorted") {
+                sorted_times.push((size, setup.label, best.millis, best.rss_mib));
+            }
             println!(
-                "{:<9} {:<32} {:>9.0} {:>12.0} {:>9.2}x {:>10.1} {:>8.2}x",
+                "{:<9} {:<32} {:>9.0} {:>12.0} {:>9.2}x {:>10.1} {:>8.2}x {:>9.1}",
                 size,
                 setup.label,
                 best.millis,
                 size as f64 / (best.millis / 1e3),
                 best.millis / baseline.0,
                 best.rss_mib,
-                best.rss_mib / baseline.1
+                best.rss_mib / baseline.1,
+                best.held_mib
+            );
+        }
+    }
+    for pair in sorted_times.chunks(2) {
+        if let [(size, _, memory_ms, _), (_, _, disk_ms, disk_rss)] = pair {
+            println!(
+                "sorted output, {size} channels: disk spill takes {:.2}x the in-memory time, \
+                 peak RSS {disk_rss:.1} MiB",
+                disk_ms / memory_ms
             );
         }
     }
