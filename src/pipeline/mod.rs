@@ -617,7 +617,9 @@ impl Pipeline {
             spill_directory: store.spill_directory(),
             compress_from: store.compress_from.0,
             disk_from: store.disk_from.0,
+            // zstd_compression is a promise to hold compressed.
             floor: match self.config.pipeline.compress_held {
+                _ if native == NativeStrategy::ZstdCompression => Tier::Compressed,
                 CompressHeld::Always => Tier::Compressed,
                 CompressHeld::Auto | CompressHeld::Never => Tier::Plain,
             },

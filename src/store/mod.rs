@@ -159,6 +159,7 @@ pub fn plan_tier(
     let by_pressure = policy.tier_for(level);
     let mib = |bytes: u64| bytes >> 20;
     let Some(input) = input_bytes else {
+        let by_pressure = by_pressure.max(policy.floor);
         return Some(TierPlan {
             tier: by_pressure,
             plain_budget: spare_bytes,
@@ -171,7 +172,16 @@ pub fn plan_tier(
     };
     let plain_need = input / M3U_BYTES_PER_CHANNEL * PLAIN_BYTES_PER_CHANNEL;
     let compressed_need = input * policy.codec.expected_ratio_percent() / 100;
-    let (by_need, why) = if plain_need <= spare_bytes {
+    let (by_need, why) = if policy.floor > Tier::Plain && compressed_need <= spare_bytes {
+        (
+            Tier::Compressed,
+            format!(
+                "always compressed ({}): needs ~{} MiB",
+                policy.codec.describe(),
+                mib(compressed_need).max(1)
+            ),
+        )
+    } else if policy.floor == Tier::Plain && plain_need <= spare_bytes {
         (
             Tier::Plain,
             format!("needs ~{} MiB plain", mib(plain_need).max(1)),
