@@ -1,9 +1,12 @@
 //! One running plugin: its `Store`, its exports, and the call loop that
 //! meters fuel in slices and enforces the wall-clock deadline.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use m3u_proxy_plugin_abi::{exports, status, MemoryPressureLevel, PluginInfo, Stage};
+use m3u_proxy_plugin_abi::{
+    exports, status, ConfigEntry, MemoryPressureLevel, PluginConfig, PluginInfo, Stage,
+};
 use wasmi::{Store, TypedFunc, TypedResumableCall};
 
 use super::host::{HostFault, HostState};
@@ -29,9 +32,19 @@ pub struct CallStats {
     pub log_lines_dropped: u64,
 }
 
+/// The two accepted forms of `m3u_init`.
+#[derive(Clone, Copy)]
+enum Init {
+    /// `() -> i32`: the plugin looks its config up with `get_config`, if at all.
+    Plain(TypedFunc<(), i32>),
+    /// `(config_len: i32) -> i32`: the host writes the plugin's
+    /// [`PluginConfig`] at the arena start first and passes its length.
+    WithConfig(TypedFunc<i32, i32>),
+}
+
 struct Exports {
     plugin_info: TypedFunc<(), i32>,
-    init: TypedFunc<(), i32>,
+    init: Init,
     execute_stage: TypedFunc<(i32, i32), i32>,
     check_memory_pressure: TypedFunc<i32, i32>,
     cleanup: TypedFunc<(), i32>,
@@ -101,7 +114,7 @@ impl PluginInstance {
         let arena_capacity = typed(exports::ARENA_CAPACITY)?;
         let exports = Exports {
             plugin_info: typed(exports::PLUGIN_INFO)?,
-            init: typed(exports::INIT)?,
+            init: init_export(&instance, &store)?,
             execute_stage: instance
                 .get_typed_func(&store, exports::EXECUTE_STAGE)
                 .map_err(|e| missing(exports::EXECUTE_STAGE, e))?,
@@ -126,10 +139,69 @@ impl PluginInstance {
         let name = plugin.info.name.to_string();
         plugin.store.data_mut().config = settings.get(&name).cloned().unwrap_or_default();
         plugin.store.data_mut().plugin_name = name;
-        let init = plugin.exports.init;
-        let code = plugin.call(&init, ())?;
+        // Fuel, deadline and memory limits apply to init like to any call;
+        // writing the table before it is host work the operator's config
+        // sizes, not the plugin, so it is not charged.
+        let code = match plugin.exports.init {
+            Init::Plain(init) => plugin.call(&init, ())?,
+            Init::WithConfig(init) => {
+                let len = plugin.write_config_table()?;
+                plugin.call(&init, len)?
+            }
+        };
         plugin.check_status(exports::INIT, code)?;
         Ok(plugin)
+    }
+
+    /// Writes the plugin's config table (its `[plugins.<name>]` values, as a
+    /// postcard [`PluginConfig`] sorted by key) at the arena start and
+    /// returns its length, for `m3u_init(config_len)`.
+    ///
+    /// # Errors
+    /// A table larger than the arena ([`ErrorKind::Config`] naming the
+    /// plugin's table and both sizes).
+    fn write_config_table(&mut self) -> Result<i32> {
+        let state = self.store.data();
+        let name = &state.plugin_name;
+        let table = PluginConfig {
+            entries: state
+                .config
+                .iter()
+                .map(|(key, value)| ConfigEntry {
+                    key: Cow::Borrowed(key),
+                    value: Cow::Borrowed(value),
+                })
+                .collect(),
+        };
+        let bytes = postcard::to_allocvec(&table).map_err(|error| {
+            Error::config_key(
+                format!("plugins.{name}"),
+                format!("cannot encode the configuration of plugin `{name}`: {error}"),
+            )
+        })?;
+        let (start, capacity) = self.arena;
+        if bytes.len() > capacity as usize {
+            return Err(Error::config_key(
+                format!("plugins.{name}"),
+                format!(
+                    "the configuration table of plugin `{name}` is {} bytes encoded, more \
+                     than its {capacity}-byte arena, so it cannot be handed over at init; \
+                     shorten the values in [plugins.{name}]",
+                    bytes.len()
+                ),
+            ));
+        }
+        let len = bytes.len();
+        self.memory
+            .write(&mut self.store, start as usize, &bytes)
+            .map_err(|error| {
+                Error::malformed(format!(
+                    "cannot write the configuration table into the arena: {error}"
+                ))
+            })?;
+        self.stats.bytes_in += len as u64;
+        // `len` fits the arena, whose capacity is a positive i32.
+        Ok(len as i32)
     }
 
     fn set_arena(&mut self, ptr: i32, capacity: i32) -> Result<()> {
@@ -391,6 +463,20 @@ fn on_guest_stack<R>(guest_code: impl FnOnce() -> R) -> R {
         super::GUEST_STACK_SIZE,
         guest_code,
     )
+}
+
+/// `m3u_init` in whichever of its two forms the module exports (the compile
+/// step has already refused any other signature).
+fn init_export(instance: &wasmi::Instance, store: &Store<HostState>) -> Result<Init> {
+    let func = instance
+        .get_func(store, exports::INIT)
+        .ok_or_else(|| missing(exports::INIT, "not a function"))?;
+    let init = if func.ty(store).params().is_empty() {
+        Init::Plain(func.typed(store).map_err(|e| missing(exports::INIT, e))?)
+    } else {
+        Init::WithConfig(func.typed(store).map_err(|e| missing(exports::INIT, e))?)
+    };
+    Ok(init)
 }
 
 fn missing(name: &str, error: impl std::fmt::Display) -> Error {

@@ -73,8 +73,10 @@ pub fn stack_safe_fuel_slice(wanted: u64) -> u64 {
     wanted.min(room.max(MIN_FUEL_SLICE))
 }
 
-/// Configuration values per plugin name (`[plugins.<name>]`), as text; a
-/// plugin reads its own with `get_config`.
+/// Configuration values per plugin name (`[plugins.<name>]`), as text. A
+/// plugin receives its own table at init (as a `PluginConfig` in the arena,
+/// if its `m3u_init` takes a length) and can look values up with
+/// `get_config`.
 pub type PluginSettings =
     std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
@@ -167,16 +169,18 @@ impl CompiledPlugin {
     }
 }
 
-/// Exported functions every plugin must have, with `(params, results)` counts
-/// of `i32`s.
-const REQUIRED_FUNCTIONS: [(&str, usize, usize); 7] = [
-    (exports::ARENA_PTR, 0, 1),
-    (exports::ARENA_CAPACITY, 0, 1),
-    (exports::PLUGIN_INFO, 0, 1),
-    (exports::INIT, 0, 1),
-    (exports::EXECUTE_STAGE, 2, 1),
-    (exports::CHECK_MEMORY_PRESSURE, 1, 1),
-    (exports::CLEANUP, 0, 1),
+/// Exported functions every plugin must have, with the accepted counts of
+/// `i32` parameters and the count of `i32` results. `m3u_init` comes in two
+/// forms: `() -> i32`, or `(config_len: i32) -> i32` to receive the config
+/// table at init (docs/ABI.md §3).
+const REQUIRED_FUNCTIONS: [(&str, &[usize], usize); 7] = [
+    (exports::ARENA_PTR, &[0], 1),
+    (exports::ARENA_CAPACITY, &[0], 1),
+    (exports::PLUGIN_INFO, &[0], 1),
+    (exports::INIT, &[0, 1], 1),
+    (exports::EXECUTE_STAGE, &[2], 1),
+    (exports::CHECK_MEMORY_PRESSURE, &[1], 1),
+    (exports::CLEANUP, &[0], 1),
 ];
 
 impl PluginRuntime {
@@ -411,7 +415,7 @@ fn check_exports(module: &Module) -> Result<()> {
     for (name, params, results) in REQUIRED_FUNCTIONS {
         let ok = match module.get_export(name) {
             Some(ExternType::Func(ty)) => {
-                ty.params().len() == params
+                params.contains(&ty.params().len())
                     && ty.results().len() == results
                     && ty
                         .params()
@@ -422,6 +426,11 @@ fn check_exports(module: &Module) -> Result<()> {
             _ => false,
         };
         if !ok {
+            let params = params
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ");
             return Err(ErrorKind::MissingExport {
                 name: name.into(),
                 detail: format!(

@@ -1,6 +1,7 @@
 pub mod bad_input;
 pub mod cli;
 pub mod common;
+pub mod config_at_init;
 pub mod fuzz_regressions;
 pub mod memory_limits;
 pub mod hostile;

@@ -201,8 +201,8 @@ fn the_test_spec_normalises_as_documented() {
 // Running the plugin
 // ---------------------------------------------------------------------------
 
-/// `[plugins.dedup]` settings as the host hands them to `get_config`:
-/// strings as they are, numbers and booleans as text.
+/// `[plugins.dedup]` settings as the host hands them over at init (and to
+/// `get_config`): strings as they are, numbers and booleans as text.
 fn settings(toml_text: &str) -> PluginSettings {
     let table: toml::Table = toml::from_str(toml_text).expect("plugin settings TOML");
     let values = table
@@ -1052,13 +1052,61 @@ fn config_errors_fail_init_and_say_what_is_allowed() {
         "expected_channels = 5000\nbloom_false_positive_rate = 0.01\nmerge_alternates = false\n\
                  key = \"tvg_id + url\"\nkeep = \"best\"\nmode = \"bloom\"\n";
     assert!(load(typed).is_ok());
-    // Without get_config on the allowlist the plugin is refused at load.
-    let (wasm, _) = example_plugin("dedup.wasm");
+    // The settings arrive at init: the plugin does not import get_config and
+    // loads under the default allowlist (which lacks it), where a bad value
+    // still fails init saying what is allowed, and a good one takes effect.
+    let (wasm, path) = example_plugin("dedup.wasm");
     let runtime = runtime_with(
         RuntimeLimits::default(),
         &super::common::default_allowlist(),
     );
-    assert!(runtime.load(&wasm, "dedup", &settings("")).is_err());
+    let compiled = runtime
+        .compile(&wasm)
+        .unwrap_or_else(|error| panic!("refused without get_config on the allowlist: {error}"));
+    let imports = compiled.imports();
+    assert!(
+        !imports.iter().any(|import| import == "host.get_config"),
+        "{imports:?}"
+    );
+    let Err(error) = runtime.load(&wasm, "dedup", &settings("keep = \"last\"\n")) else {
+        panic!("keep = \"last\" loaded without get_config on the allowlist");
+    };
+    assert_config_status(&error);
+    let text = error.to_string();
+    assert!(
+        text.contains("keep") && text.contains("\"first\" or \"best\""),
+        "{text}"
+    );
+    let channel = |id: u64, name: &str, tvg_id: &str| OwnedChannel {
+        id,
+        channel_name: name.to_string().into(),
+        tvg_id: tvg_id.to_string().into(),
+        stream_url: format!("http://streams.example/{id}").into(),
+        ..OwnedChannel::default()
+    };
+    let input = [
+        channel(1, "BBC One HD", "bbcone.uk"),
+        channel(2, "BBC One (1080p)", "bbc1.uk"),
+        channel(3, "ITV", "itv.uk"),
+    ];
+    let kept_ids = |config: &str| {
+        let instance = runtime
+            .load(&wasm, "dedup", &settings(config))
+            .unwrap_or_else(|error| panic!("{config:?} without get_config: {error}"));
+        let mut slot = PluginSlot::new(instance, path.clone());
+        run_slot(&mut slot, &input, MemoryPressureLevel::Optimal, BATCH)
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<u64>>()
+    };
+    // The default key (tvg_id) keeps all three; key = name drops the second
+    // BBC One.
+    assert_eq!(kept_ids(""), [1, 2, 3]);
+    assert_eq!(
+        kept_ids("key = \"name\"\n"),
+        [1, 3],
+        "key = name took effect"
+    );
 }
 
 // ---------------------------------------------------------------------------

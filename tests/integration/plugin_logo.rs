@@ -455,18 +455,56 @@ fn changed(a: &[OwnedChannel], b: &[OwnedChannel], field: fn(&OwnedChannel) -> &
 
 #[test]
 fn declares_data_mapping_and_reads_only_four_fields() {
-    let (wasm, _) = example_plugin("logo_mapper.wasm");
-    // Reading its config needs get_config on the allowlist.
-    let refused = default_runtime()
-        .load(&wasm, "logo_mapper", &settings(&[]))
-        .map(|instance| instance.info().name.to_string());
-    match refused {
-        Err(error) => assert!(
-            matches!(error.kind(), ErrorKind::DisallowedImport { name, .. } if name == "get_config"),
-            "{error:?}"
+    let (wasm, path) = example_plugin("logo_mapper.wasm");
+    // Its config arrives at init: it does not import get_config and loads
+    // under the default allowlist (which lacks it) with its settings in
+    // effect.
+    let runtime = default_runtime();
+    let compiled = runtime
+        .compile(&wasm)
+        .unwrap_or_else(|error| panic!("refused without get_config on the allowlist: {error}"));
+    let imports = compiled.imports();
+    assert!(
+        !imports.iter().any(|import| import == "host.get_config"),
+        "{imports:?}"
+    );
+    let values = pairs(&[
+        (
+            "by_name",
+            "BBC One | https://logos.example/bbc-one.png | bbc1.uk",
         ),
-        Ok(name) => panic!("{name} loaded without get_config on the allowlist"),
-    }
+        ("rewrite_logos", "false"),
+    ]);
+    let instance = runtime
+        .load(&wasm, "logo_mapper", &settings(&values))
+        .unwrap_or_else(|error| panic!("loading without get_config: {error}"));
+    let mut configured = PluginSlot::new(instance, path);
+    let input = [OwnedChannel {
+        id: 1,
+        channel_name: "BBC One HD".into(),
+        ..OwnedChannel::default()
+    }];
+    let output = map_all(&mut configured, &input, PROXY_BASE);
+    assert_eq!(output[0].tvg_logo, "https://logos.example/bbc-one.png");
+    assert_eq!(output[0].tvg_id, "bbc1.uk");
+    // A bad value still fails init, naming the key.
+    let error = match runtime.load(
+        &wasm,
+        "logo_mapper",
+        &settings(&pairs(&[("rewrite_logos", "yes")])),
+    ) {
+        Ok(_) => panic!("rewrite_logos = \"yes\" was accepted"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(
+            error.kind(),
+            ErrorKind::PluginStatus { function: "m3u_init", status, .. } if *status == status::CONFIG_ERROR
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("rewrite_logos"), "{error}");
+
     let slot = slot(&[]);
     let info = slot.instance.info();
     assert_eq!(info.name, "logo_mapper");

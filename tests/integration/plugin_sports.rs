@@ -821,6 +821,7 @@ fn number_block_hints_free_numbers_and_stops_when_the_block_is_full() {
 
 /// Invalid settings make `init` fail with the configuration status (the
 /// plugin is not loaded), and the messages name the key and the problem.
+/// The settings arrive at init, so none of this needs `get_config`.
 #[test]
 fn config_errors_fail_init_with_clear_messages() {
     let cases: [(&str, &str, &str); 12] = [
@@ -916,14 +917,53 @@ fn config_errors_fail_init_with_clear_messages() {
         ("keep_unlabelled", "true"),
         ("leagues", ""),
     ]);
-    // Without get_config on the allowlist the plugin is refused outright.
-    let (wasm, _) = example_plugin("sports_optimizer.wasm");
-    let Err(error) = default_runtime().load(&wasm, PLUGIN, &PluginSettings::new()) else {
-        panic!("loaded without get_config on the allowlist");
-    };
+
+    // The settings arrive at init: the plugin does not import get_config and
+    // loads under the default allowlist (which lacks it), where a bad value
+    // still fails init with its reason, naming the key, and a good one takes
+    // effect.
+    let (wasm, path) = example_plugin("sports_optimizer.wasm");
+    let runtime = default_runtime();
+    let compiled = runtime
+        .compile(&wasm)
+        .unwrap_or_else(|error| panic!("refused without get_config on the allowlist: {error}"));
+    let imports = compiled.imports();
     assert!(
-        matches!(error.kind(), ErrorKind::DisallowedImport { name, .. } if name == "get_config"),
-        "{error:?}"
+        !imports.iter().any(|import| import == "host.get_config"),
+        "{imports:?}"
+    );
+    for (key, value, message) in [cases[0], cases[10], cases[11]] {
+        let Err(error) = runtime.load(&wasm, PLUGIN, &settings(&[(key, value)])) else {
+            panic!("{key} = {value:?} loaded without get_config on the allowlist");
+        };
+        match error.kind() {
+            ErrorKind::PluginStatus {
+                function: "m3u_init",
+                status: -5,
+                message: Some(reason),
+            } => assert!(
+                reason.contains(key) && reason.contains(message),
+                "{key} = {value:?}: {reason:?} lacks {message:?}"
+            ),
+            _ => panic!("{key} = {value:?}: {error:?}"),
+        }
+        let text = error.to_string();
+        assert!(text.contains(message), "{key} = {value:?}: {text}");
+    }
+    let instance = runtime
+        .load(&wasm, PLUGIN, &settings(&[("group_prefix", "Games")]))
+        .unwrap_or_else(|error| panic!("loading without get_config on the allowlist: {error}"));
+    let mut slot = PluginSlot::new(instance, path);
+    let nba = OwnedChannel {
+        id: 1,
+        channel_name: "NBA TV".into(),
+        stream_url: "http://streams.example/nba".into(),
+        ..OwnedChannel::default()
+    };
+    let out = run_stage(&mut slot, Stage::DataMapping, &[nba]);
+    assert_eq!(
+        out[0].group_title, "Games/Basketball",
+        "group_prefix = \"Games\" took effect"
     );
 }
 

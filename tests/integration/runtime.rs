@@ -243,18 +243,21 @@ fn group_normalizer_normalizes_every_group_of_the_real_playlist() {
     assert!(expected_untidy.iter().any(|c| c.group_title.contains(' ')));
 
     let (wasm, path) = example_plugin("group_normalizer.wasm");
+    // `Other`, not the plugin's default `Uncategorized`: the expected groups
+    // prove the setting took effect.
     let settings = settings("[group_normalizer]\nempty_group = \"Other\"\n");
-    // Without get_config on the allowlist the plugin is refused outright.
-    let refused = expect_error(
-        default_runtime().load(&wasm, "group_normalizer", &settings),
-        "group_normalizer without get_config",
-    );
+    // The setting arrives at init: the plugin does not import get_config and
+    // loads under the default allowlist, which lacks it.
+    let runtime = default_runtime();
+    assert!(!default_allowlist().iter().any(|f| f == "get_config"));
+    let compiled = runtime
+        .compile(&wasm)
+        .unwrap_or_else(|error| panic!("group_normalizer without get_config: {error}"));
+    let imports = compiled.imports();
     assert!(
-        matches!(refused.kind(), ErrorKind::DisallowedImport { name, .. } if name == "get_config"),
-        "{refused:?}"
+        !imports.iter().any(|import| import == "host.get_config"),
+        "{imports:?}"
     );
-
-    let runtime = runtime_with(RuntimeLimits::default(), &allowlist_with(&["get_config"]));
     let instance = load(&runtime, &wasm, "group_normalizer", &settings);
     assert_eq!(instance.info().name, "group_normalizer");
     assert!(instance.info().supports(Stage::DataMapping));
@@ -266,13 +269,15 @@ fn group_normalizer_normalizes_every_group_of_the_real_playlist() {
     slot.instance.cleanup().expect("cleanup");
 }
 
-/// The SDK reads a config value longer than its 8 KiB scratch region
-/// through the data region in `init`; one too long for that fails `init`
-/// with CONFIG_ERROR instead of passing for a missing key.
+/// A config value far longer than the SDK's 8 KiB scratch region reaches
+/// the plugin whole in the table handed over at init (no `get_config`
+/// needed); a table too long for the plugin's 1 MiB arena fails the load
+/// with a host config error naming the plugin and the size, before `init`
+/// runs, instead of passing for a missing key.
 #[test]
 fn long_config_values_are_read_in_init_and_too_long_ones_fail_it() {
     let (wasm, path) = example_plugin("group_normalizer.wasm");
-    let runtime = runtime_with(RuntimeLimits::default(), &allowlist_with(&["get_config"]));
+    let runtime = default_runtime();
     let long_group = format!("Group {}", "x".repeat(20_000));
     let mut values = std::collections::BTreeMap::new();
     values.insert("empty_group".to_string(), long_group.clone());
@@ -293,19 +298,33 @@ fn long_config_values_are_read_in_init_and_too_long_ones_fail_it() {
     assert_eq!(batch[0].group_title, long_group);
 
     values.insert("empty_group".to_string(), "y".repeat(2 << 20));
+    // The encoded table: two entries; "case" = "keep" (1 + 4 + 1 + 4 bytes)
+    // and "empty_group" (1 + 11) with its 2 MiB value (a 4-byte varint length).
+    let table_size = 1 + (1 + 4 + 1 + 4) + (1 + 11 + 4 + (2 << 20));
     let too_long: PluginSettings = [("group_normalizer".to_string(), values)].into();
     let error = expect_error(
         runtime.load(&wasm, "group_normalizer", &too_long),
         "a 2 MiB config value",
     );
-    assert!(
-        matches!(error.kind(), ErrorKind::PluginStatus { status, .. } if *status == m3u_plugin_host::abi::status::CONFIG_ERROR),
-        "{error:?}"
-    );
-    // The SDK's reason reaches the host's error.
+    match error.kind() {
+        ErrorKind::Config { key, message, .. } => {
+            assert_eq!(
+                key.as_deref(),
+                Some("plugins.group_normalizer"),
+                "{error:?}"
+            );
+            assert!(
+                message.contains("`group_normalizer`")
+                    && message.contains(&format!("{table_size} bytes"))
+                    && message.contains("1048576-byte arena"),
+                "{message}"
+            );
+        }
+        _ => panic!("expected a host config error, got {error:?}"),
+    }
     let text = error.to_string();
     assert!(
-        text.contains("config value `empty_group` is 2097152 bytes"),
+        text.contains("group_normalizer") && text.contains(&format!("{table_size} bytes")),
         "{text}"
     );
 }

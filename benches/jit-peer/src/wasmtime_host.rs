@@ -5,6 +5,9 @@
 //! - the five host functions with the same arena bounds checks and the same
 //!   fuel charge (`HOST_CALL_BASE_FUEL + bytes / HOST_BYTES_PER_FUEL`);
 //! - the memory limit through a `ResourceLimiter` that traps;
+//! - `m3u_init` in both forms: for `(config_len: i32) -> i32` the plugin's
+//!   config table (postcard `PluginConfig`) is written at the arena start
+//!   first, as the host does;
 //! - per call: a fresh fuel budget (when fuel is on), input copied in, output
 //!   collected from `write_channels`;
 //! - per batch: `StageInputView` with the plugin's `reads` encoded into half
@@ -23,8 +26,9 @@ use std::collections::BTreeMap;
 use m3u_plugin_host::runtime::{RuntimeLimits, HOST_BYTES_PER_FUEL, HOST_CALL_BASE_FUEL};
 use m3u_plugin_host::OwnedChannel;
 use m3u_proxy_plugin_abi::{
-    exports, host_functions as names, keep_mask_get, keep_mask_len, status, Channel, FieldSet,
-    PatchOp, PluginInfo, Stage, StageContext, StageInputView, StageOutput, MAX_CONFIG_KEY_LEN,
+    exports, host_functions as names, keep_mask_get, keep_mask_len, status, Channel, ConfigEntry,
+    FieldSet, PatchOp, PluginConfig, PluginInfo, Stage, StageContext, StageInputView, StageOutput,
+    MAX_CONFIG_KEY_LEN,
 };
 use wasmtime::{
     bail, format_err, Caller, Config, Engine, Extern, Linker, Memory, Module, ResourceLimiter,
@@ -70,6 +74,15 @@ impl ResourceLimiter for Limiter {
     fn memories(&self) -> usize {
         1
     }
+}
+
+/// The two accepted forms of `m3u_init` (docs/ABI.md §3 step 5).
+enum Init {
+    /// `() -> i32`: nothing is written; the plugin may ask `get_config`.
+    Plain(TypedFunc<(), i32>),
+    /// `(config_len: i32) -> i32`: the plugin's `PluginConfig` is written at
+    /// the arena start first and its length passed.
+    WithConfig(TypedFunc<i32, i32>),
 }
 
 /// The data of one instance's `Store`.
@@ -228,7 +241,8 @@ impl WasmtimeRuntime {
         Module::new(&self.engine, wasm)
     }
 
-    /// Instantiates, reads the arena and `PluginInfo`, runs `m3u_init`.
+    /// Instantiates, reads the arena and `PluginInfo`, runs `m3u_init`
+    /// (handing the config table over first if it takes its length).
     pub fn instantiate(
         &self,
         module: &Module,
@@ -264,7 +278,11 @@ impl WasmtimeRuntime {
         let arena_ptr = func(&mut store, exports::ARENA_PTR)?;
         let arena_capacity = func(&mut store, exports::ARENA_CAPACITY)?;
         let plugin_info = func(&mut store, exports::PLUGIN_INFO)?;
-        let init = func(&mut store, exports::INIT)?;
+        // `m3u_init` is `(config_len: i32) -> i32` (SDK plugins) or `() -> i32`.
+        let init = match instance.get_typed_func::<i32, i32>(&mut store, exports::INIT) {
+            Ok(init) => Init::WithConfig(init),
+            Err(_) => Init::Plain(func(&mut store, exports::INIT)?),
+        };
         let execute_stage = instance.get_typed_func(&mut store, exports::EXECUTE_STAGE)?;
         let check_memory_pressure =
             instance.get_typed_func(&mut store, exports::CHECK_MEMORY_PRESSURE)?;
@@ -308,7 +326,14 @@ impl WasmtimeRuntime {
         let name = plugin.info.name.to_string();
         plugin.store.data_mut().config = settings.get(&name).cloned().unwrap_or_default();
         plugin.store.data_mut().name = name;
-        let code = plugin.call(&init, ())?;
+        // As on wasmi, writing the table is not charged; init's fuel is.
+        let code = match init {
+            Init::Plain(init) => plugin.call(&init, ())?,
+            Init::WithConfig(init) => {
+                let len = plugin.write_config_table()?;
+                plugin.call(&init, len)?
+            }
+        };
         if code != status::OK {
             bail!("m3u_init returned {code}");
         }
@@ -355,6 +380,44 @@ impl WasmtimeInstance {
             self.fuel_consumed += self.fuel_per_call - self.store.get_fuel()?;
         }
         result
+    }
+
+    /// Writes the plugin's config table (postcard `PluginConfig`, entries
+    /// sorted by key as the `BTreeMap` holds them; an empty table is the one
+    /// byte `00`) at the arena start and returns its length, for
+    /// `m3u_init(config_len)`. A table larger than the arena fails, as on
+    /// wasmi.
+    fn write_config_table(&mut self) -> Result<i32> {
+        let bytes = {
+            let table = PluginConfig {
+                entries: self
+                    .store
+                    .data()
+                    .config
+                    .iter()
+                    .map(|(key, value)| ConfigEntry {
+                        key: Cow::Borrowed(key),
+                        value: Cow::Borrowed(value),
+                    })
+                    .collect(),
+            };
+            postcard::to_allocvec(&table)?
+        };
+        let (start, capacity) = self.arena;
+        if bytes.len() > capacity as usize {
+            bail!(
+                "the configuration table of plugin `{}` is {} bytes encoded, more than its \
+                 {capacity}-byte arena",
+                self.store.data().name,
+                bytes.len()
+            );
+        }
+        // The arena lies inside memory (checked when it was declared) and
+        // the table fits it.
+        let start = start as usize;
+        self.memory.data_mut(&mut self.store)[start..start + bytes.len()].copy_from_slice(&bytes);
+        // At most the arena capacity, a positive i32.
+        Ok(bytes.len() as i32)
     }
 
     /// `m3u_check_memory_pressure`: the smallest export round trip.

@@ -44,7 +44,10 @@ pub mod exports {
     pub const ARENA_CAPACITY: &str = "m3u_arena_capacity";
     /// `() -> i32`: writes [`crate::PluginInfo`] to the arena start, returns its length.
     pub const PLUGIN_INFO: &str = "m3u_plugin_info";
-    /// `() -> i32`: one-time initialisation; returns a [`crate::status`] code.
+    /// `() -> i32` or `(config_len: i32) -> i32`: one-time initialisation;
+    /// returns a [`crate::status`] code. With the parameter, the host first
+    /// writes the plugin's [`crate::PluginConfig`] at the arena start and
+    /// passes its encoded length.
     pub const INIT: &str = "m3u_init";
     /// `(stage: i32, input_len: i32) -> i32`: runs one stage call; returns a status code.
     pub const EXECUTE_STAGE: &str = "m3u_execute_stage";
@@ -873,6 +876,42 @@ impl PluginInfo<'_> {
     }
 }
 
+/// One `key = value` of a plugin's configuration table, the value as text
+/// (TOML strings as they are, integers, floats and booleans formatted:
+/// `5000`, `0.01`, `true`), exactly what `get_config` answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConfigEntry<'a> {
+    /// The key.
+    #[serde(borrow)]
+    pub key: Cow<'a, str>,
+    /// The value, as text.
+    #[serde(borrow)]
+    pub value: Cow<'a, str>,
+}
+
+/// A plugin's `[plugins.<name>]` table, handed over at init: if the plugin's
+/// `m3u_init` takes one `i32`, the host writes this at the arena start and
+/// passes its encoded length.
+///
+/// The host sends the entries sorted by key (byte-wise) with no key twice;
+/// an empty table is the single byte `00`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PluginConfig<'a> {
+    /// The entries, sorted by key.
+    #[serde(borrow)]
+    pub entries: Vec<ConfigEntry<'a>>,
+}
+
+impl PluginConfig<'_> {
+    /// The value for `key`, if the table has one.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|entry| entry.key == key)
+            .map(|entry| entry.value.as_ref())
+    }
+}
+
 /// Counters of one pipeline run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenerationStats {
@@ -1080,6 +1119,66 @@ mod tests {
             bytes,
             [1, b'n', 1, b'1', 0, 0, 4, 0x80, 0x01, 0, 0x80, 0x01, 3]
         );
+    }
+
+    #[test]
+    fn plugin_config_golden_bytes() {
+        let config = PluginConfig {
+            entries: vec![
+                ConfigEntry {
+                    key: "case".into(),
+                    value: "upper".into(),
+                },
+                ConfigEntry {
+                    key: "n".into(),
+                    value: "300".into(),
+                },
+            ],
+        };
+        let bytes = postcard::to_allocvec(&config).unwrap();
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            2,                                  // two entries
+            4, b'c', b'a', b's', b'e',          // key "case"
+            5, b'u', b'p', b'p', b'e', b'r',    // value "upper"
+            1, b'n',                            // key "n"
+            3, b'3', b'0', b'0',                // value "300" (text, not a varint)
+        ];
+        assert_eq!(bytes, expected);
+        let back: PluginConfig = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, config);
+        assert!(
+            matches!(back.entries[1].value, Cow::Borrowed(_)),
+            "strings decode borrowed"
+        );
+        assert_eq!(back.get("n"), Some("300"));
+        assert_eq!(back.get("missing"), None);
+        // Cut anywhere, it is an error, not a shorter table.
+        for cut in 0..bytes.len() {
+            assert!(postcard::from_bytes::<PluginConfig>(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn plugin_config_empty_and_long_value_golden_bytes() {
+        let empty = PluginConfig::default();
+        let bytes = postcard::to_allocvec(&empty).unwrap();
+        assert_eq!(bytes, [0]);
+        assert_eq!(postcard::from_bytes::<PluginConfig>(&bytes).unwrap(), empty);
+        // A 200-byte value: its length is the two-byte varint c8 01.
+        let long = "v".repeat(200);
+        let config = PluginConfig {
+            entries: vec![ConfigEntry {
+                key: "k".into(),
+                value: long.as_str().into(),
+            }],
+        };
+        let bytes = postcard::to_allocvec(&config).unwrap();
+        assert_eq!(bytes[..5], [1, 1, b'k', 0xc8, 0x01]);
+        assert_eq!(bytes.len(), 5 + 200);
+        assert!(bytes[5..].iter().all(|b| *b == b'v'));
+        let back: PluginConfig = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, config);
     }
 
     #[test]

@@ -7,8 +7,9 @@ use core::cell::UnsafeCell;
 
 /// Size of the arena every SDK plugin reserves (and declares to the host).
 pub const ARENA_BYTES: usize = 1 << 20;
-/// The arena's tail, kept for log lines and config look-ups so they can run
-/// while a stage call holds the data region.
+/// The arena's tail, kept for log lines and live config look-ups
+/// (`config::lookup_live`) so they can run while a stage call holds the
+/// data region.
 pub const SCRATCH_BYTES: usize = 8 << 10;
 /// The arena's head: stage input and output.
 pub const DATA_BYTES: usize = ARENA_BYTES - SCRATCH_BYTES;
@@ -39,6 +40,27 @@ pub(crate) fn with_data<R>(f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
 /// already lent out.
 pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
     with_region(&SCRATCH_IN_USE, DATA_BYTES, SCRATCH_BYTES, f)
+}
+
+/// Runs `f` with the whole arena (data and scratch regions), or returns
+/// `None` if either is lent out. For `m3u_init`, whose config table may
+/// fill the arena.
+pub(crate) fn with_whole_arena<R>(f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let busy = |flag: &GuestCell<bool>| flag.with(|flag| *flag);
+    if busy(&DATA_IN_USE) || busy(&SCRATCH_IN_USE) {
+        return None;
+    }
+    DATA_IN_USE.with(|flag| *flag = true);
+    SCRATCH_IN_USE.with(|flag| *flag = true);
+    let base = ARENA.0.get().cast::<u8>();
+    // SAFETY: the range is the whole static. Both in-use flags are set (and
+    // cleared below), so no region is lent out mutably meanwhile; the guest
+    // is single-threaded.
+    let arena = unsafe { core::slice::from_raw_parts(base, ARENA_BYTES) };
+    let result = f(arena);
+    DATA_IN_USE.with(|flag| *flag = false);
+    SCRATCH_IN_USE.with(|flag| *flag = false);
+    Some(result)
 }
 
 /// Marks both regions free. Every export calls this on entry: the host never

@@ -145,23 +145,20 @@ pub fn plugin_info<P: Plugin>(name: &str) -> i32 {
     .unwrap_or(status::PLUGIN_ERROR)
 }
 
-/// `m3u_init`.
-pub fn init<P: Plugin>() -> i32 {
-    CONFIG_ERROR_SEEN.with(|seen| *seen = false);
+/// `m3u_init(config_len)`: takes over the config table the host wrote at
+/// the arena start (see [`crate::config`]), then runs the plugin's `init`.
+pub fn init<P: Plugin>(config_len: i32) -> i32 {
+    release_all();
+    if let Err(code) = crate::config::receive_table(config_len) {
+        return code;
+    }
     with_instance::<P>(|plugin| match plugin.init() {
-        // A value `config::get` could not read makes the configuration
-        // invalid even if the plugin went on without it.
-        Ok(()) if CONFIG_ERROR_SEEN.with(|seen| *seen) => status::CONFIG_ERROR,
+        // A value `config::lookup_live` could not read makes the
+        // configuration invalid even if the plugin went on without it.
+        Ok(()) if crate::config::live_error_seen() => status::CONFIG_ERROR,
         Ok(()) => status::OK,
         Err(error) => error.status(),
     })
-}
-
-/// Set when `config::get` met a value it could not read (see there).
-static CONFIG_ERROR_SEEN: crate::arena::GuestCell<bool> = crate::arena::GuestCell::new(false);
-
-pub(crate) fn note_config_error() {
-    CONFIG_ERROR_SEEN.with(|seen| *seen = true);
 }
 
 /// `m3u_check_memory_pressure`: 1 if the plugin runs at `level`.

@@ -1,8 +1,10 @@
 //! The host functions, each raw import right above its safe wrapper.
 //!
 //! A function is only imported by a plugin that (transitively) calls its
-//! wrapper: the linker drops unused imports, so a plugin that never reads its
-//! configuration does not need `get_config` on the host's allowlist.
+//! wrapper: the linker drops unused imports. `get_config` is called only by
+//! `config::lookup_live`; `config::get` answers from the table handed over
+//! at init, so a plugin that reads its settings with it does not need
+//! `get_config` on the host's allowlist.
 
 use crate::LogLevel;
 

@@ -29,6 +29,11 @@
 //! export_plugin!(DropAdult, "drop_adult");
 //! ```
 //!
+//! Settings: the plugin's `[plugins.<name>]` table reaches it at init; read
+//! it with [`config::get`] in [`Plugin::init`]. That needs no host function
+//! beyond the default allowlist (`get_config` is imported only by plugins
+//! that call [`config::lookup_live`]).
+//!
 //! Stages and their traits:
 //! - filtering → [`Filter`]: answer keep/drop per channel (sent as a bitmask);
 //! - data_mapping → [`Mapper`]: push field patches per channel;
@@ -41,6 +46,7 @@
 extern crate alloc;
 
 mod arena;
+pub mod config;
 #[doc(hidden)]
 pub mod dispatcher;
 mod hostcalls;
@@ -127,7 +133,10 @@ pub trait Plugin: Default + 'static {
     /// Linear memory the plugin needs at least, in bytes.
     const MIN_MEMORY_BYTES: u64 = 0;
 
-    /// Called once before the first stage call (read your config here).
+    /// Called once before the first stage call: read your settings here
+    /// with [`config::get`] (the host has handed the plugin's
+    /// `[plugins.<name>]` table over by then; no host function needed) and
+    /// return [`PluginError::Config`] for a bad one.
     fn init(&mut self) -> Result<(), PluginError> {
         Ok(())
     }
@@ -322,53 +331,6 @@ impl<'a> Patches<'a> {
     }
 }
 
-/// Plugin configuration from the host's TOML (`[plugins.<name>]`).
-/// Needs `get_config` in `allowed_host_functions`. Values travel through the
-/// arena's scratch region, so each is limited to about 8 KiB.
-pub mod config {
-    use alloc::string::String;
-
-    use crate::hostcalls::{self, ConfigLookup};
-
-    /// The value for `key`, or `None` if the host has none.
-    ///
-    /// Values are read through the arena's 8 KiB scratch region; a longer
-    /// one is read through the data region, which is free outside stage
-    /// calls (in `init`). A value that fits neither (or a long one asked for
-    /// during a stage call) is `None`, logged as an error, and makes `init`
-    /// fail with `CONFIG_ERROR` — never silently taken for a missing key.
-    pub fn get(key: &str) -> Option<String> {
-        let first = crate::arena::with_scratch(|scratch| hostcalls::get_config(key, scratch));
-        let len = match first {
-            Some(ConfigLookup::Value(value)) => return Some(value),
-            Some(ConfigLookup::Missing) | None => return None,
-            Some(ConfigLookup::TooLong(len)) => len,
-        };
-        match crate::arena::with_data(|data| hostcalls::get_config(key, data)) {
-            Some(ConfigLookup::Value(value)) => Some(value),
-            Some(ConfigLookup::Missing) => None,
-            Some(ConfigLookup::TooLong(_)) | None => {
-                crate::dispatcher::note_config_error();
-                crate::log(
-                    crate::LogLevel::Error,
-                    &alloc::format!(
-                        "config value `{key}` is {len} bytes, more than this plugin can read \
-                         here (at most {} bytes in init, {} during a stage call)",
-                        crate::arena::DATA_BYTES - key.len() - 1,
-                        crate::arena::SCRATCH_BYTES - key.len() - 1
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    /// The value for `key`, or `default`.
-    pub fn get_or(key: &str, default: &str) -> String {
-        get(key).unwrap_or_else(|| String::from(default))
-    }
-}
-
 /// Logs at info level through the host: `log_info!("kept {}", n)`.
 #[macro_export]
 macro_rules! log_info {
@@ -399,7 +361,9 @@ pub fn __format(args: core::fmt::Arguments<'_>) -> String {
 }
 
 /// Registers `$plugin` (a `Default + Plugin` type) under `$name`: emits the
-/// ABI version section and every export of `docs/ABI.md`.
+/// ABI version section and every export of `docs/ABI.md`, with
+/// `m3u_init(config_len: i32)` so the host hands the config table over at
+/// init (see [`config`]).
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty, $name:expr) => {
@@ -423,8 +387,8 @@ macro_rules! export_plugin {
         }
 
         #[no_mangle]
-        pub extern "C" fn m3u_init() -> i32 {
-            $crate::dispatcher::init::<$plugin>()
+        pub extern "C" fn m3u_init(config_len: i32) -> i32 {
+            $crate::dispatcher::init::<$plugin>(config_len)
         }
 
         #[no_mangle]
