@@ -201,6 +201,10 @@ pub struct FilteringConfig {
     /// Filters, applied in order.
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+    /// Duplicate removal by the native filtering strategies
+    /// (`[filtering.dedup]`, see [`crate::native::dedup`]).
+    #[serde(default)]
+    pub dedup: Option<crate::native::dedup::DedupConfig>,
 }
 
 /// One include or exclude filter.
@@ -869,6 +873,9 @@ impl Config {
         }
         crate::native::mapping::Mapper::parse(&self.mapping.rules)
             .map_err(|error| Error::config_key("mapping.rules", error.to_string()))?;
+        if let Some(dedup) = &self.filtering.dedup {
+            crate::native::dedup::Dedup::parse(dedup)?;
+        }
         Ok(())
     }
 

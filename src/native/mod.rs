@@ -7,9 +7,12 @@
 //!
 //! - [`filter`]: upstream m3u-proxy's filter expression language and the
 //!   include/exclude rule set built from it;
+//! - [`dedup`]: duplicate removal by tvg-id, name or URL, streaming or over
+//!   the whole playlist (`[filtering.dedup]`);
 //! - [`mapping`]: data mapping rules (`[<condition>] SET <field> = "value"`);
 //! - [`numbering`]: channel numbering, streaming and in-memory variants.
 
+pub mod dedup;
 pub mod filter;
 pub mod mapping;
 pub mod numbering;

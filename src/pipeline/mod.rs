@@ -23,6 +23,7 @@ use m3u_proxy_plugin_abi::{MemoryPressureLevel, Stage, StageContext};
 use crate::config::{CompressHeld, Config};
 use crate::m3u::{M3uReader, M3uWriter, PlaylistHeader};
 use crate::memory::MemoryMonitor;
+use crate::native::dedup::{Dedup, PlaylistDedup};
 use crate::native::filter::{FilterAction, FilterRule, FilterSet};
 use crate::native::mapping::Mapper;
 use crate::native::numbering::{number_the_rest, reserve_explicit_numbers, ChannelNumberer};
@@ -187,6 +188,8 @@ pub struct Pipeline {
     failed_plugin_names: HashSet<String>,
     mapper: Mapper,
     filters: FilterSet,
+    /// `[filtering.dedup]`, if set.
+    dedup: Option<Dedup>,
     monitor: MemoryMonitor,
     /// Block compression of held data (`[store] compression`).
     codec: BlockCodec,
@@ -225,6 +228,12 @@ impl Pipeline {
                 FilterRule::parse(action, &filter.expression)
             })
             .collect::<Result<FilterSet>>()?;
+        let dedup = config
+            .filtering
+            .dedup
+            .as_ref()
+            .map(Dedup::parse)
+            .transpose()?;
         let monitor = MemoryMonitor::new(config.memory.thresholds());
         monitor.force_level(config.memory.force_level.map(|level| level.0));
         let never_compress = config.pipeline.compress_held == CompressHeld::Never;
@@ -239,6 +248,7 @@ impl Pipeline {
             failed_plugin_names: HashSet::new(),
             mapper,
             filters,
+            dedup,
             monitor,
             codec,
             zstd_codec,
@@ -893,6 +903,7 @@ impl Pipeline {
                 batch_index: 0,
             },
             numberer: ChannelNumberer::new(self.config.numbering.start),
+            seen_keys: HashSet::new(),
             holds: Default::default(),
             barrier: None,
             sorter: None,
@@ -911,7 +922,24 @@ impl Pipeline {
                 NativeStrategy::SortedWriter => {
                     run.sorter = Some(ExternalSorter::new(policy, tier, budget));
                 }
-                _ => run.holds[index] = Some(BatchQueue::new(native.name(), policy, tier, budget)),
+                NativeStrategy::InMemoryFilter if self.dedup.is_some() => {
+                    let dedup = self.dedup.clone().expect("checked");
+                    run.holds[index] = Some(StageHold::Dedup(PlaylistDedup::new(
+                        dedup,
+                        policy,
+                        tier,
+                        budget,
+                        self.config.pipeline.batch_size,
+                    )));
+                }
+                _ => {
+                    run.holds[index] = Some(StageHold::Queue(BatchQueue::new(
+                        native.name(),
+                        policy,
+                        tier,
+                        budget,
+                    )))
+                }
             }
         }
         let plugin_baseline: Vec<(u64, u64)> = self
@@ -957,11 +985,11 @@ impl Pipeline {
             let Some(mut hold) = run.holds[index].take() else {
                 continue;
             };
-            while let Some((batch, ())) = hold.pop()? {
+            while let Some(batch) = hold.pop(self.monitor.level())? {
                 self.check_interrupted()?;
                 self.advance(&mut run, batch, index + 1, sink)?;
             }
-            run.stats.holds.push(hold.stats());
+            run.stats.holds.extend(hold.stats());
         }
         if let Some(mut barrier) = run.barrier.take() {
             // Batch by batch: each is read back, numbered and sent on before
@@ -1069,7 +1097,7 @@ impl Pipeline {
         for index in from..3 {
             self.run_stage(run, index, &mut batch)?;
             if let Some(hold) = &mut run.holds[index] {
-                return hold.push(batch, (), level);
+                return hold.push(batch, level);
             }
         }
         if from <= 3 {
@@ -1131,7 +1159,7 @@ impl Pipeline {
         for (position, candidate) in candidates.iter().enumerate() {
             let (chain, then) = match candidate {
                 Candidate::Native(native) => {
-                    self.apply_native(*native, batch, &mut run.numberer);
+                    self.apply_native(*native, batch, &mut run.numberer, &mut run.seen_keys);
                     used = Some(native.name().to_string());
                     break;
                 }
@@ -1167,7 +1195,7 @@ impl Pipeline {
                     self.plugins[index].record_success();
                 }
                 if let Some(native) = then {
-                    self.apply_native(*native, batch, &mut run.numberer);
+                    self.apply_native(*native, batch, &mut run.numberer, &mut run.seen_keys);
                 }
                 used = Some(self.candidate_name(candidate));
                 break;
@@ -1214,6 +1242,7 @@ impl Pipeline {
         native: NativeStrategy,
         batch: &mut Vec<OwnedChannel>,
         numberer: &mut ChannelNumberer,
+        seen_keys: &mut HashSet<u64>,
     ) {
         match native {
             NativeStrategy::Mapping | NativeStrategy::ZstdCompression => {
@@ -1229,12 +1258,19 @@ impl Pipeline {
                 }
             }
             // inmemory_filter filters each batch as it comes; the stage's
-            // hold keeps the result until the input ends.
-            NativeStrategy::Filter
-            | NativeStrategy::InMemoryFilter
-            | NativeStrategy::RedisSpill => {
+            // hold keeps the result until the input ends (and removes
+            // duplicates over the whole playlist there).
+            NativeStrategy::InMemoryFilter => {
                 if !self.filters.is_empty() {
                     batch.retain(|channel| self.filters.keeps(channel));
+                }
+            }
+            NativeStrategy::Filter | NativeStrategy::RedisSpill => {
+                if !self.filters.is_empty() {
+                    batch.retain(|channel| self.filters.keeps(channel));
+                }
+                if let Some(dedup) = &self.dedup {
+                    dedup.retain_first(batch, seen_keys);
                 }
             }
             NativeStrategy::BitmaskFilter => {
@@ -1246,6 +1282,9 @@ impl Pipeline {
                         index += 1;
                         kept
                     });
+                }
+                if let Some(dedup) = &self.dedup {
+                    dedup.retain_first(batch, seen_keys);
                 }
             }
             // As a per-batch fallback the in-memory numbering runs streaming:
@@ -1310,15 +1349,50 @@ struct RunState {
     stats: RunStats,
     context: StageContext<'static>,
     numberer: ChannelNumberer,
+    /// Keys seen by the streaming native dedup (`[filtering.dedup]`).
+    seen_keys: HashSet<u64>,
     /// What source_loading, data_mapping and filtering hold until the input
     /// ends (`inmemory_full`, `zstd_compression`, `inmemory_filter`).
-    holds: [Option<BatchQueue>; 3],
+    holds: [Option<StageHold>; 3],
     /// The numbering barrier (`inmemory_numbering`), with each batch's
     /// explicit-number bits.
     barrier: Option<BatchQueue<Vec<u64>>>,
     /// The external sort (`sorted_writer`).
     sorter: Option<ExternalSorter>,
     plans: Vec<StagePlan>,
+}
+
+/// What a stage holds until the input ends.
+enum StageHold {
+    /// The batches as they came (`inmemory_full`, `zstd_compression`,
+    /// `inmemory_filter` without dedup).
+    Queue(BatchQueue),
+    /// `inmemory_filter` with `[filtering.dedup]`: duplicates removed over
+    /// the whole playlist.
+    Dedup(PlaylistDedup),
+}
+
+impl StageHold {
+    fn push(&mut self, batch: Vec<OwnedChannel>, level: MemoryPressureLevel) -> Result<()> {
+        match self {
+            StageHold::Queue(queue) => queue.push(batch, (), level),
+            StageHold::Dedup(dedup) => dedup.push(batch, level),
+        }
+    }
+
+    fn pop(&mut self, level: MemoryPressureLevel) -> Result<Option<Vec<OwnedChannel>>> {
+        match self {
+            StageHold::Queue(queue) => Ok(queue.pop()?.map(|(batch, ())| batch)),
+            StageHold::Dedup(dedup) => dedup.pop(level),
+        }
+    }
+
+    fn stats(&self) -> Vec<HoldStats> {
+        match self {
+            StageHold::Queue(queue) => vec![queue.stats()],
+            StageHold::Dedup(dedup) => dedup.stats(),
+        }
+    }
 }
 
 /// Reads the sources one after another, in batches, assigning ids.

@@ -35,7 +35,9 @@ use serde::Serialize;
 pub use blocks::{BlockBackend, BlockId, DiskBlocks, MemoryBlocks};
 pub use codec::{train_dictionary, BlockCodec, BlockReader};
 pub use queue::BatchQueue;
-pub use sort::{sort_key, ExternalSorter, SortedBatches, SORT_RUN_BYTES};
+pub use sort::{
+    by_channel_number, by_id, ExternalSorter, KeyFn, SortKey, SortedBatches, SORT_RUN_BYTES,
+};
 pub use tiered::{StorePolicy, Tier, TierSwitch};
 
 use crate::OwnedChannel;

@@ -27,14 +27,27 @@ pub const SORT_RUN_BYTES: u64 = 8 << 20;
 /// block of every run decoded.
 const RUN_BLOCK_CHANNELS: usize = 128;
 
-/// The sort key: the channel number (`tvg-chno`), unnumbered last; ties
-/// keep arrival order.
-pub fn sort_key(channel: &OwnedChannel) -> u64 {
-    channel.tvg_chno.parse::<u64>().unwrap_or(u64::MAX)
+/// What channels are sorted by: compared as a tuple, ties keep arrival
+/// order.
+pub type SortKey = [u64; 3];
+
+/// Computes a channel's [`SortKey`] (shared by the sort and its merge).
+pub type KeyFn = std::sync::Arc<dyn Fn(&OwnedChannel) -> SortKey + Send + Sync>;
+
+/// `sorted_writer`'s key: the channel number (`tvg-chno`), unnumbered last.
+pub fn by_channel_number(channel: &OwnedChannel) -> SortKey {
+    [channel.tvg_chno.parse::<u64>().unwrap_or(u64::MAX), 0, 0]
 }
 
-/// Collects channels and gives them back sorted by [`sort_key`].
+/// The pipeline's arrival order (the ids the loader assigns).
+pub fn by_id(channel: &OwnedChannel) -> SortKey {
+    [channel.id, 0, 0]
+}
+
+/// Collects channels and gives them back sorted by a [`KeyFn`] (stable:
+/// equal keys keep arrival order).
 pub struct ExternalSorter {
+    key: KeyFn,
     blocks: TieredBlocks,
     buffer: Vec<OwnedChannel>,
     buffer_bytes: u64,
@@ -49,8 +62,26 @@ impl ExternalSorter {
     /// An empty sorter starting in tier `start` (see
     /// [`BatchQueue::new`](super::BatchQueue::new) for `plain_budget`).
     pub fn new(policy: StorePolicy, start: Tier, plain_budget: u64) -> Self {
+        ExternalSorter::by(
+            "sorted_writer",
+            std::sync::Arc::new(by_channel_number),
+            policy,
+            start,
+            plain_budget,
+        )
+    }
+
+    /// An empty sorter for `holder` ordering by `key`.
+    pub fn by(
+        holder: &'static str,
+        key: KeyFn,
+        policy: StorePolicy,
+        start: Tier,
+        plain_budget: u64,
+    ) -> Self {
         ExternalSorter {
-            blocks: TieredBlocks::new("sorted_writer", policy, start),
+            key,
+            blocks: TieredBlocks::new(holder, policy, start),
             buffer: Vec::new(),
             buffer_bytes: 0,
             peak_plain_bytes: 0,
@@ -127,7 +158,7 @@ impl ExternalSorter {
     fn write_run(&mut self) -> Result<()> {
         let mut buffer = std::mem::take(&mut self.buffer);
         self.buffer_bytes = 0;
-        buffer.sort_by_key(sort_key);
+        buffer.sort_by_cached_key(|channel| (self.key)(channel));
         let mut run = VecDeque::with_capacity(buffer.len().div_ceil(RUN_BLOCK_CHANNELS));
         for block in buffer.chunks(RUN_BLOCK_CHANNELS) {
             run.push_back(self.blocks.put(block)?);
@@ -150,7 +181,7 @@ impl ExternalSorter {
     pub fn finish(mut self, batch_size: usize) -> Result<SortedBatches> {
         if self.runs.is_empty() {
             let mut all = std::mem::take(&mut self.buffer);
-            all.sort_by_key(sort_key);
+            all.sort_by_cached_key(|channel| (self.key)(channel));
             return Ok(SortedBatches {
                 stats: self.stats(),
                 source: Sorted::InMemory(all.into_iter()),
@@ -163,6 +194,7 @@ impl ExternalSorter {
         let stats = self.stats();
         let runs = std::mem::take(&mut self.runs);
         let mut merge = Merge {
+            key: self.key.clone(),
             blocks: self.blocks,
             cursors: runs
                 .into_iter()
@@ -227,11 +259,12 @@ struct Cursor {
 }
 
 struct Merge {
+    key: KeyFn,
     blocks: TieredBlocks,
     cursors: Vec<Cursor>,
     /// (key, run index): the smallest key first, the earlier run on ties
     /// (runs are in arrival order, so the merge is stable).
-    heads: BinaryHeap<Reverse<(u64, usize)>>,
+    heads: BinaryHeap<Reverse<(SortKey, usize)>>,
     /// The channel at the head of each run.
     pending: Vec<Option<OwnedChannel>>,
 }
@@ -250,7 +283,7 @@ impl Merge {
         let cursor = &mut self.cursors[run];
         loop {
             if let Some(channel) = cursor.reader.next_channel()? {
-                self.heads.push(Reverse((sort_key(&channel), run)));
+                self.heads.push(Reverse(((self.key)(&channel), run)));
                 self.pending[run] = Some(channel);
                 return Ok(());
             }
@@ -301,7 +334,7 @@ mod tests {
 
     fn expected(all: &[OwnedChannel]) -> Vec<OwnedChannel> {
         let mut sorted = all.to_vec();
-        sorted.sort_by_key(sort_key);
+        sorted.sort_by_key(by_channel_number);
         sorted
     }
 

@@ -11,10 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-#[path = "../support/derived_playlist.rs"]
-mod derived_playlist;
-
 use super::common::repo_path;
+use super::derived_playlist;
 
 /// A memory cgroup made for one run, removed on drop.
 struct MemoryCgroup {

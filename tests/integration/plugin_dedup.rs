@@ -22,7 +22,7 @@ use super::pipeline::plugin_dir;
 
 #[allow(dead_code)]
 #[path = "../../plugins/dedup/src/logic.rs"]
-mod dedup_logic;
+pub(crate) mod dedup_logic;
 
 /// Channels per plugin call, as the pipeline's default batch.
 const BATCH: usize = 1024;

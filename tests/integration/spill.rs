@@ -5,10 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[path = "../support/derived_playlist.rs"]
-mod derived_playlist;
-
 use super::common::repo_path;
+use super::derived_playlist;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = repo_path("target/test-scratch/spill").join(name);
@@ -122,7 +120,7 @@ fn ctrl_c_stops_the_run_and_leaves_the_old_playlist_and_no_spill() {
     let input = derived_playlist::derived_input(&inputs_dir(), 200_000);
     let output = dir.join("playlist.m3u");
     std::fs::write(&output, "#EXTM3U\nthe previous playlist\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
+    let child = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
         .args(["run", "-q", "--config"])
         .arg(sorting_config(&dir, &spill))
         .arg("--input")
