@@ -436,7 +436,7 @@ impl PlaylistDedup {
 mod tests {
     use super::*;
     use crate::abi::Channel;
-    use crate::store::BlockCodec;
+    use crate::store::test_support::policy;
 
     fn channel(id: u64, tvg_id: &str, name: &str, url: &str) -> OwnedChannel {
         Channel {
@@ -455,16 +455,6 @@ mod tests {
             merge_alternates,
         })
         .unwrap()
-    }
-
-    fn policy(spill: &std::path::Path) -> StorePolicy {
-        StorePolicy {
-            codec: BlockCodec::Lz4,
-            spill_directory: Some(spill.to_path_buf()),
-            compress_from: MemoryPressureLevel::High,
-            disk_from: MemoryPressureLevel::Critical,
-            floor: Tier::Plain,
-        }
     }
 
     #[test]

@@ -136,6 +136,19 @@ pub fn approx_heap_bytes(channel: &OwnedChannel) -> u64 {
     bytes as u64
 }
 
+/// Memory a holder of the whole playlist needs in `tier` for an M3U input
+/// of `input_bytes` (the design's `estimated_memory_usage(input_size)`):
+/// ~1.6 KB per channel plain, the codec's measured share of the input
+/// compressed, and only its bounded buffers (one block per batch or sorted
+/// run, not counted here) on disk.
+pub fn estimated_memory_usage(codec: &BlockCodec, tier: Tier, input_bytes: u64) -> u64 {
+    match tier {
+        Tier::Plain => input_bytes / M3U_BYTES_PER_CHANNEL * PLAIN_BYTES_PER_CHANNEL,
+        Tier::Compressed => input_bytes * codec.expected_ratio_percent() / 100,
+        Tier::Disk => 0,
+    }
+}
+
 /// The starting tier of a holder, and its plain budget.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TierPlan {
@@ -172,8 +185,8 @@ pub fn plan_tier(
             ),
         });
     };
-    let plain_need = input / M3U_BYTES_PER_CHANNEL * PLAIN_BYTES_PER_CHANNEL;
-    let compressed_need = input * policy.codec.expected_ratio_percent() / 100;
+    let plain_need = estimated_memory_usage(&policy.codec, Tier::Plain, input);
+    let compressed_need = estimated_memory_usage(&policy.codec, Tier::Compressed, input);
     let (by_need, why) = if policy.floor > Tier::Plain && compressed_need <= spare_bytes {
         (
             Tier::Compressed,
@@ -301,9 +314,14 @@ mod tests {
     }
 
     #[test]
-    fn plain_size_estimate_is_in_the_measured_range() {
+    fn plain_size_estimate_is_between_the_encoding_and_the_measured_figure() {
+        // Held plain, a channel costs more than its postcard encoding (every
+        // field is an owned string with a header) but no more than the
+        // measured ~1.6 KB per real channel (on 32-bit targets, less).
         let all = test_support::channels(1, 100);
-        let average = all.iter().map(approx_heap_bytes).sum::<u64>() / 100;
-        assert!((500..2000).contains(&average), "{average}");
+        let estimated = all.iter().map(approx_heap_bytes).sum::<u64>();
+        let encoded = BlockCodec::None.encode(&all).unwrap().len() as u64;
+        assert!(estimated > 2 * encoded, "{estimated} vs {encoded}");
+        assert!(estimated / 100 < PLAIN_BYTES_PER_CHANNEL, "{estimated}");
     }
 }

@@ -126,19 +126,10 @@ impl ExternalSorter {
     }
 
     fn adapt(&mut self, level: MemoryPressureLevel) -> Result<()> {
-        let by_pressure = self.blocks.policy.tier_for(level);
-        let (wanted, reason) = if by_pressure > self.blocks.tier {
-            (by_pressure, format!("memory pressure is {}", level.name()))
-        } else if self.blocks.tier == Tier::Plain && self.buffer_bytes > self.plain_budget {
-            (
-                Tier::Compressed,
-                format!(
-                    "{} MiB held plain, over the {} MiB the run can spare",
-                    self.buffer_bytes >> 20,
-                    self.plain_budget >> 20
-                ),
-            )
-        } else {
+        let Some((wanted, reason)) =
+            self.blocks
+                .wanted_move(level, self.buffer_bytes, self.plain_budget)
+        else {
             return Ok(());
         };
         self.blocks.switch(wanted, self.channels, reason);

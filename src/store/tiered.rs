@@ -164,6 +164,32 @@ impl TieredBlocks {
         }
     }
 
+    /// The tier to move down to before holding more, and why: the tier the
+    /// pressure asks for, or compressed once the plain bytes held pass the
+    /// budget. `None`: stay.
+    pub(crate) fn wanted_move(
+        &self,
+        level: MemoryPressureLevel,
+        plain_bytes: u64,
+        plain_budget: u64,
+    ) -> Option<(Tier, String)> {
+        let by_pressure = self.policy.tier_for(level);
+        if by_pressure > self.tier {
+            Some((by_pressure, format!("memory pressure is {}", level.name())))
+        } else if self.tier == Tier::Plain && plain_bytes > plain_budget {
+            Some((
+                Tier::Compressed,
+                format!(
+                    "{} MiB held plain, over the {} MiB the run can spare",
+                    plain_bytes >> 20,
+                    plain_budget >> 20
+                ),
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Records a move to `to` (the caller moves what it holds).
     pub(crate) fn switch(&mut self, to: Tier, at_channels: u64, reason: String) {
         let from = self.tier;

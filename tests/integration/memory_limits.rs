@@ -73,7 +73,7 @@ impl MemoryCgroup {
     }
 
     /// Runs the CLI inside the cgroup.
-    fn run(&self, args: &[&std::ffi::OsStr]) -> Output {
+    fn run(&self, args: &[&std::ffi::OsStr], stdin: std::process::Stdio) -> Output {
         // The shell moves itself into the cgroup, then becomes the CLI, so
         // every byte the CLI allocates is charged to the cgroup.
         Command::new("sh")
@@ -82,6 +82,7 @@ impl MemoryCgroup {
             .arg(self.dir.join("cgroup.procs"))
             .arg(env!("CARGO_BIN_EXE_m3u-plugin-host"))
             .args(args)
+            .stdin(stdin)
             .output()
             .expect("start the CLI in its cgroup")
     }
@@ -116,16 +117,39 @@ fn scratch() -> PathBuf {
 
 /// The example configuration run on `input` inside `limit_mib` (or without
 /// a limit), writing `output`.
-fn run_example(input: &Path, output: &Path, limit_mib: Option<u64>) -> (Output, Option<u64>) {
+/// How the CLI gets its input.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// `--input FILE`: the planner knows the size.
+    File,
+    /// `--input -` from a pipe: the size is unknown until the input ends, as
+    /// with an HTTP source without `Content-Length`.
+    Stdin,
+}
+
+fn run_example(
+    input: &Path,
+    output: &Path,
+    limit_mib: Option<u64>,
+    feed: Feed,
+) -> (Output, Option<u64>) {
     let stats = output.with_extension("json");
     let config = repo_path("examples/pipeline.toml");
+    let input_arg: &std::ffi::OsStr = match feed {
+        Feed::File => input.as_os_str(),
+        Feed::Stdin => "-".as_ref(),
+    };
+    let stdin = || match feed {
+        Feed::File => std::process::Stdio::null(),
+        Feed::Stdin => std::fs::File::open(input).expect("open the input").into(),
+    };
     let args: Vec<&std::ffi::OsStr> = vec![
         "run".as_ref(),
         "-q".as_ref(),
         "--config".as_ref(),
         config.as_os_str(),
         "--input".as_ref(),
-        input.as_os_str(),
+        input_arg,
         "--output".as_ref(),
         output.as_os_str(),
         "--stats-json".as_ref(),
@@ -135,12 +159,13 @@ fn run_example(input: &Path, output: &Path, limit_mib: Option<u64>) -> (Output, 
         Some(limit) => {
             let name = output.file_stem().unwrap().to_string_lossy().into_owned();
             let cgroup = MemoryCgroup::create(&name, limit).expect("cgroup");
-            let out = cgroup.run(&args);
+            let out = cgroup.run(&args, stdin());
             (out, Some(cgroup.oom_events()))
         }
         None => {
             let out = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
                 .args(&args)
+                .stdin(stdin())
                 .output()
                 .expect("run the CLI");
             (out, None)
@@ -148,62 +173,111 @@ fn run_example(input: &Path, output: &Path, limit_mib: Option<u64>) -> (Output, 
     }
 }
 
-fn limited_run_matches_unlimited(channels: usize, limit_mib: u64) {
-    if let Err(why) = can_make_cgroups() {
-        eprintln!("SKIPPED: {limit_mib} MiB / {channels} channels: {why}");
-        return;
-    }
+/// Runs the example on `channels` derived channels without a limit, then
+/// fed each way in `feeds` inside `limit_mib`: every limited run completes
+/// and writes the unlimited run's playlist. Returns the limited runs'
+/// statistics.
+fn limited_runs_match_unlimited(
+    channels: usize,
+    limit_mib: u64,
+    feeds: &[Feed],
+) -> Vec<serde_json::Value> {
     let dir = scratch();
     let input = derived_playlist::derived_input(&dir, channels);
     let free = dir.join(format!("free-{channels}.m3u"));
-    let limited = dir.join(format!("limited-{channels}.m3u"));
-    let (out, _) = run_example(&input, &free, None);
+    let (out, _) = run_example(&input, &free, None, Feed::File);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (out, oom_kills) = run_example(&input, &limited, Some(limit_mib));
-    use std::os::unix::process::ExitStatusExt;
-    assert!(
-        out.status.success(),
-        "{channels} channels in {limit_mib} MiB: {:?} (signal {:?}, OOM kills {oom_kills:?}): {}",
-        out.status,
-        out.status.signal(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(oom_kills, Some(0));
-    let stats: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(limited.with_extension("json")).unwrap())
-            .unwrap();
-    // The run saw the container's limit, not the machine's memory.
-    assert_eq!(stats["memory_limit_bytes"], limit_mib << 20, "{stats}");
-    let same = std::fs::read(&free).unwrap() == std::fs::read(&limited).unwrap();
-    assert!(
-        same,
-        "{channels} channels: the limited run's playlist differs from the free one's"
-    );
-    let written = stats["channels_written"].as_u64().unwrap();
-    assert!(
-        written > channels as u64 / 2,
-        "{written} of {channels} written"
-    );
-    for file in [&free, &limited] {
-        let _ = std::fs::remove_file(file);
+    let expected = std::fs::read(&free).unwrap();
+    let _ = std::fs::remove_file(&free);
+    let mut all_stats = Vec::new();
+    for (index, feed) in feeds.iter().enumerate() {
+        let limited = dir.join(format!("limited-{channels}-{index}.m3u"));
+        let (out, oom_kills) = run_example(&input, &limited, Some(limit_mib), *feed);
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.success(),
+            "{channels} channels in {limit_mib} MiB: {:?} (signal {:?}, OOM kills \
+             {oom_kills:?}): {}",
+            out.status,
+            out.status.signal(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(oom_kills, Some(0));
+        let stats: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(limited.with_extension("json")).unwrap())
+                .unwrap();
+        // The run saw the container's limit, not the machine's memory.
+        assert_eq!(stats["memory_limit_bytes"], limit_mib << 20, "{stats}");
+        let same = std::fs::read(&limited).unwrap() == expected;
+        assert!(
+            same,
+            "{channels} channels: the limited run's playlist differs from the free one's"
+        );
+        let written = stats["channels_written"].as_u64().unwrap();
+        assert!(
+            written > channels as u64 / 2,
+            "{written} of {channels} written"
+        );
+        let _ = std::fs::remove_file(&limited);
+        all_stats.push(stats);
+    }
+    all_stats
+}
+
+fn skipped(channels: usize, limit_mib: u64) -> bool {
+    match can_make_cgroups() {
+        Ok(()) => false,
+        Err(why) => {
+            eprintln!("SKIPPED: {limit_mib} MiB / {channels} channels: {why}");
+            true
+        }
     }
 }
 
 #[test]
 fn example_config_200k_channels_in_256_mib() {
-    limited_run_matches_unlimited(200_000, 256);
+    if !skipped(200_000, 256) {
+        limited_runs_match_unlimited(200_000, 256, &[Feed::File]);
+    }
 }
 
 #[test]
 fn example_config_100k_channels_in_128_mib() {
-    limited_run_matches_unlimited(100_000, 128);
+    if !skipped(100_000, 128) {
+        limited_runs_match_unlimited(100_000, 128, &[Feed::File]);
+    }
 }
 
+/// Also from a pipe: the planner cannot know the size, so every holder
+/// starts plain and must move down while the run goes on, by its budget
+/// and by the pressure it reads from the cgroup.
 #[test]
-fn example_config_1m_channels_in_64_mib() {
-    limited_run_matches_unlimited(1_000_000, 64);
+fn example_config_1m_channels_in_64_mib_from_a_file_and_from_a_pipe() {
+    if skipped(1_000_000, 64) {
+        return;
+    }
+    let stats = limited_runs_match_unlimited(1_000_000, 64, &[Feed::File, Feed::Stdin]);
+    let moves: Vec<(String, String, u64)> = stats[1]["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|hold| hold["switches"].as_array().unwrap())
+        .map(|switch| {
+            (
+                switch["to"].as_str().unwrap().to_string(),
+                switch["reason"].as_str().unwrap().to_string(),
+                switch["at_channels"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        moves
+            .iter()
+            .any(|(to, reason, at)| to == "disk" && reason.contains("memory pressure") && *at > 0),
+        "a holder moved to disk mid-run because of the pressure: {moves:?}"
+    );
 }

@@ -1,6 +1,7 @@
 //! The spill store when things go wrong: a spill disk that fills up and a
 //! run interrupted with Ctrl-C never leave a truncated playlist or a spill
-//! file behind, and the error names the store and what to do.
+//! file behind, and the error names the store and what to do; a zstd
+//! dictionary trained from the user's playlist makes held blocks smaller.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +36,21 @@ fn sorting_config(dir: &Path, spill: &Path) -> PathBuf {
     )
     .unwrap();
     config
+}
+
+/// The CLI sorting `input` into `output` at critical pressure (everything
+/// held goes to disk at once), spilling to `spill`.
+fn sorting_run(dir: &Path, spill: &Path, input: &Path, output: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"));
+    command
+        .args(["run", "-q", "--config"])
+        .arg(sorting_config(dir, spill))
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(["--memory-pressure", "critical"]);
+    command
 }
 
 fn entries_in(dir: &Path) -> Vec<String> {
@@ -86,17 +102,7 @@ fn a_full_spill_disk_fails_the_run_without_touching_the_playlist() {
     let input = derived_playlist::derived_input(&inputs_dir(), 100_000);
     let output = dir.join("playlist.m3u");
     std::fs::write(&output, "#EXTM3U\nthe previous playlist\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
-        .args(["run", "-q", "--config"])
-        .arg(sorting_config(&dir, &spill))
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        // Critical pressure: everything held goes to disk at once.
-        .args(["--memory-pressure", "critical"])
-        .output()
-        .unwrap();
+    let out = sorting_run(&dir, &spill, &input, &output).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("spill store `disk`"), "{stderr}");
@@ -120,14 +126,7 @@ fn ctrl_c_stops_the_run_and_leaves_the_old_playlist_and_no_spill() {
     let input = derived_playlist::derived_input(&inputs_dir(), 200_000);
     let output = dir.join("playlist.m3u");
     std::fs::write(&output, "#EXTM3U\nthe previous playlist\n").unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
-        .args(["run", "-q", "--config"])
-        .arg(sorting_config(&dir, &spill))
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .args(["--memory-pressure", "critical"])
+    let child = sorting_run(&dir, &spill, &input, &output)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -153,4 +152,73 @@ fn ctrl_c_stops_the_run_and_leaves_the_old_playlist_and_no_spill() {
     );
     assert!(!temp.exists(), "the temporary output is removed");
     assert!(entries_in(&spill).is_empty(), "{:?}", entries_in(&spill));
+}
+
+#[test]
+fn a_trained_zstd_dictionary_holds_smaller_with_the_same_output() {
+    let dir = scratch("dictionary");
+    let playlist = repo_path(super::common::PLAYLIST_FIXTURE);
+    let dictionary = dir.join("playlists.dict");
+    let out = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
+        .args(["store", "train-dictionary", "--input"])
+        .arg(&playlist)
+        .arg("--out")
+        .arg(&dictionary)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("zstd_dictionary"));
+    let run = |name: &str, store: &str| -> (String, serde_json::Value) {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "{store}\n[proxy_generation.wasm_plugins]\nenabled = false\n\
+                 [proxy_generation.wasm_plugins.strategies]\n\
+                 channel_numbering = [\"inmemory_numbering\"]\n"
+            ),
+        )
+        .unwrap();
+        let output = dir.join(format!("{name}.m3u"));
+        let stats = dir.join(format!("{name}.json"));
+        let out = Command::new(env!("CARGO_BIN_EXE_m3u-plugin-host"))
+            .args(["run", "-q", "--config"])
+            .arg(&config)
+            .arg("--input")
+            .arg(&playlist)
+            .arg("--output")
+            .arg(&output)
+            .arg("--stats-json")
+            .arg(&stats)
+            .args(["--memory-pressure", "high"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            std::fs::read_to_string(output).unwrap(),
+            serde_json::from_str(&std::fs::read_to_string(stats).unwrap()).unwrap(),
+        )
+    };
+    let (plain_zstd, plain_stats) = run("zstd", "[store]\ncompression = \"zstd\"\n");
+    let (with_dict, dict_stats) = run(
+        "zstd-dict",
+        &format!("[store]\ncompression = \"zstd\"\nzstd_dictionary = {dictionary:?}\n"),
+    );
+    assert_eq!(plain_zstd, with_dict);
+    let stored = |stats: &serde_json::Value| stats["holds"][0]["stored_bytes"].as_u64().unwrap();
+    assert_eq!(dict_stats["holds"][0]["codec"], "zstd-3+dict");
+    assert!(
+        stored(&dict_stats) < stored(&plain_stats),
+        "{} with the dictionary, {} without",
+        stored(&dict_stats),
+        stored(&plain_stats)
+    );
 }
