@@ -54,6 +54,9 @@ pub struct Config {
     /// The long-running `serve` mode.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// The native rules, parsed once when the file was read.
+    #[serde(skip)]
+    native_rules: Option<std::sync::Arc<crate::native::NativeRules>>,
 }
 
 /// `[serve]`: the HTTP server of `m3u-plugin-host serve`.
@@ -541,11 +544,12 @@ fn yes() -> bool {
 fn default_plugin_directory() -> PathBuf {
     PathBuf::from("./plugins")
 }
+// The limits' defaults live in one place, `RuntimeLimits::default()`.
 fn default_memory() -> u64 {
-    64 << 20
+    crate::runtime::RuntimeLimits::default().max_memory_bytes
 }
 fn default_timeout() -> u64 {
-    30
+    crate::runtime::RuntimeLimits::default().timeout.as_secs()
 }
 fn default_fuel() -> u64 {
     crate::runtime::RuntimeLimits::default().fuel_per_call
@@ -780,6 +784,10 @@ impl Config {
             })
         })?;
         config.validate()?;
+        let mut config = config;
+        config.native_rules = Some(std::sync::Arc::new(crate::native::NativeRules::parse(
+            &config,
+        )?));
         Ok(config)
     }
 
@@ -835,17 +843,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        for name in &plugins.security.allowed_host_functions {
-            if !crate::abi::host_functions::ALL.contains(&name.as_str()) {
-                return Err(Error::config_key(
-                    "proxy_generation.wasm_plugins.security.allowed_host_functions",
-                    format!(
-                        "unknown host function `{name}`; known: {}",
-                        crate::abi::host_functions::ALL.join(", ")
-                    ),
-                ));
-            }
-        }
+        crate::runtime::check_allowlist(&plugins.security.allowed_host_functions)?;
         for key in &plugins.security.trusted_keys {
             if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(Error::config_key(
@@ -862,19 +860,6 @@ impl Config {
                 "proxy_generation.wasm_plugins.security.require_signatures",
                 "require_signatures = true needs at least one key in trusted_keys",
             ));
-        }
-        for (index, filter) in self.filtering.filters.iter().enumerate() {
-            crate::native::filter::FilterExpr::parse(&filter.expression).map_err(|error| {
-                Error::config_key(
-                    format!("filtering.filters[{index}].expression"),
-                    error.to_string(),
-                )
-            })?;
-        }
-        crate::native::mapping::Mapper::parse(&self.mapping.rules)
-            .map_err(|error| Error::config_key("mapping.rules", error.to_string()))?;
-        if let Some(dedup) = &self.filtering.dedup {
-            crate::native::dedup::Dedup::parse(dedup)?;
         }
         Ok(())
     }
@@ -895,6 +880,19 @@ impl Config {
         }
         if let Some(path) = &mut self.store.zstd_dictionary {
             resolve(path);
+        }
+    }
+
+    /// The native rules (`[mapping]`, `[filtering]`): those parsed when the
+    /// file was read, or parsed now for a configuration built in code (or
+    /// changed since).
+    ///
+    /// # Errors
+    /// A rule that does not parse, naming its key.
+    pub fn native_rules(&self) -> Result<std::sync::Arc<crate::native::NativeRules>> {
+        match &self.native_rules {
+            Some(rules) if rules.parsed_from(self) => Ok(rules.clone()),
+            _ => crate::native::NativeRules::parse(self).map(std::sync::Arc::new),
         }
     }
 

@@ -65,7 +65,7 @@ impl PluginSlot {
             disabled_since: None,
             last_error: None,
             signature: crate::signing::SignatureState::Unsigned,
-            stamp: (None, 0),
+            stamp: super::FileStamp::default(),
             compiled: None,
             retired: crate::runtime::CallStats::default(),
             buffer: vec![0; capacity],

@@ -93,6 +93,17 @@ impl PluginStats {
         }
     }
 
+    /// The counters of one run: these (taken at its end) minus `before`
+    /// (taken at its start); failures, state and last error as they are now.
+    pub fn since(mut self, before: &PluginStats) -> PluginStats {
+        self.calls = self.calls.saturating_sub(before.calls);
+        self.fuel = self.fuel.saturating_sub(before.fuel);
+        self.bytes_in = self.bytes_in.saturating_sub(before.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_sub(before.bytes_out);
+        self.time_us = self.time_us.saturating_sub(before.time_us);
+        self
+    }
+
     /// Time inside the plugin, in seconds.
     pub fn time_seconds(&self) -> f64 {
         self.time_us as f64 / 1e6
