@@ -44,6 +44,7 @@ pub mod runtime;
 pub mod serve;
 pub mod signing;
 pub mod store;
+pub mod watch;
 
 pub use error::{Error, ErrorKind, Result};
 pub use m3u_proxy_plugin_abi as abi;

@@ -50,7 +50,7 @@ const QUALITY_TAGS: [(&str, u8); 14] = [
 ];
 
 /// `[filtering.dedup]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
     /// `tvg_id`, `name`, `url` or a `+`-joined combination (all must match).

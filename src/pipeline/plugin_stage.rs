@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use m3u_proxy_plugin_abi::{
-    keep_mask_get, keep_mask_len, Channel, FieldSet, Patch, PatchOp, Stage, StageContext,
-    StageInputView, StageOutput,
+    keep_mask_get, keep_mask_len, wire_tags, Channel, FieldSet, Patch, PatchOp, Stage,
+    StageContext, StageInputView, StageOutput,
 };
 
 use crate::runtime::PluginInstance;
@@ -65,7 +65,7 @@ impl PluginSlot {
             disabled_since: None,
             last_error: None,
             signature: crate::signing::SignatureState::Unsigned,
-            stamp: (None, 0),
+            stamp: super::FileStamp::default(),
             compiled: None,
             retired: crate::runtime::CallStats::default(),
             buffer: vec![0; capacity],
@@ -221,14 +221,15 @@ fn check_answer_size(output: &[u8], batch_len: usize) -> Result<()> {
     let Some((&variant, rest)) = output.split_first() else {
         return Ok(()); // empty: the decoder reports it
     };
-    let limit = match variant {
-        0 => batch_len,
-        2 => batch_len.saturating_mul(MAX_PATCHES_PER_CHANNEL),
+    let (limit, what) = match variant {
+        wire_tags::ANSWER_CHANNELS => (batch_len, "channels"),
+        wire_tags::ANSWER_PATCHES => (batch_len.saturating_mul(MAX_PATCHES_PER_CHANNEL), "patches"),
+        // A keep mask's length is checked against the batch after decoding;
+        // an unknown tag is the decoder's to refuse.
         _ => return Ok(()),
     };
     if let Ok((count, _)) = postcard::take_from_bytes::<u32>(rest) {
         if count as usize > limit {
-            let what = if variant == 0 { "channels" } else { "patches" };
             return Err(Error::malformed(format!(
                 "answer announces {count} {what} for a batch of {batch_len} (at most {limit})"
             )));
@@ -450,6 +451,34 @@ mod tests {
         assert!(check_channel_ids(Stage::DataMapping, &out(&[1, 2]), &input).is_err());
         assert!(check_channel_ids(Stage::M3uGeneration, &out(&[2, 2]), &input).is_err());
         assert!(check_channel_ids(Stage::M3uGeneration, &out(&[3, 1]), &input).is_ok());
+    }
+
+    #[test]
+    fn answer_size_is_checked_by_the_wire_tag() {
+        let encode = |answer: &StageOutput<'_>| postcard::to_allocvec(answer).unwrap();
+        // Channels: at most one per input channel.
+        let two = encode(&StageOutput::Channels(vec![Channel::default(); 2]));
+        assert_eq!(two[0], wire_tags::ANSWER_CHANNELS);
+        assert!(check_answer_size(&two, 2).is_ok());
+        let error = check_answer_size(&two, 1).unwrap_err().to_string();
+        assert!(error.contains("2 channels for a batch of 1"), "{error}");
+        // Patches: at most MAX_PATCHES_PER_CHANNEL per input channel.
+        let patch = Patch {
+            index: 0,
+            op: PatchOp::RemoveAttribute("x".into()),
+        };
+        let many = encode(&StageOutput::Patches(vec![
+            patch;
+            MAX_PATCHES_PER_CHANNEL + 1
+        ]));
+        assert_eq!(many[0], wire_tags::ANSWER_PATCHES);
+        assert!(check_answer_size(&many, 2).is_ok());
+        let error = check_answer_size(&many, 1).unwrap_err().to_string();
+        assert!(error.contains("65 patches for a batch of 1"), "{error}");
+        // A keep mask is not bounded here (its length is checked after decoding).
+        let keep = encode(&StageOutput::Keep(Cow::Owned(vec![0xff; 100])));
+        assert_eq!(keep[0], wire_tags::ANSWER_KEEP);
+        assert!(check_answer_size(&keep, 1).is_ok());
     }
 
     #[test]

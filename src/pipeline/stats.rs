@@ -58,12 +58,56 @@ pub struct PluginStats {
     pub bytes_in: u64,
     /// Bytes received from it.
     pub bytes_out: u64,
-    /// Switched off during the run.
+    /// Circuit open: the plugin is switched off (too many failures, see
+    /// `max_plugin_failures`); `/health` also shows it as `circuit_open`.
     pub disabled: bool,
     /// Last error, if any.
     pub last_error: Option<String>,
     /// Time inside the plugin, in microseconds.
     pub time_us: u64,
+}
+
+impl PluginStats {
+    /// The figures of a loaded plugin since its file was (re)loaded: the
+    /// counters of every instance the slot ran, its failures and circuit
+    /// state. `serve` shows these; a run reports its own calls and fuel by
+    /// subtracting the counts it started with.
+    pub fn from_slot(slot: &super::PluginSlot) -> PluginStats {
+        let stats = slot.total_stats();
+        PluginStats {
+            name: slot.name().to_string(),
+            version: slot.instance.info().version.to_string(),
+            calls: stats.calls,
+            fuel: stats.fuel_consumed,
+            failures: slot.failures,
+            failures_by_kind: slot
+                .failures_by_kind
+                .iter()
+                .map(|(kind, count)| (kind.to_string(), *count))
+                .collect(),
+            bytes_in: stats.bytes_in,
+            bytes_out: stats.bytes_out,
+            disabled: slot.disabled,
+            last_error: slot.last_error.clone(),
+            time_us: u64::try_from(stats.time.as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The counters of one run: these (taken at its end) minus `before`
+    /// (taken at its start); failures, state and last error as they are now.
+    pub fn since(mut self, before: &PluginStats) -> PluginStats {
+        self.calls = self.calls.saturating_sub(before.calls);
+        self.fuel = self.fuel.saturating_sub(before.fuel);
+        self.bytes_in = self.bytes_in.saturating_sub(before.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_sub(before.bytes_out);
+        self.time_us = self.time_us.saturating_sub(before.time_us);
+        self
+    }
+
+    /// Time inside the plugin, in seconds.
+    pub fn time_seconds(&self) -> f64 {
+        self.time_us as f64 / 1e6
+    }
 }
 
 /// Everything a run reports (`--stats-json` writes this).

@@ -1,7 +1,16 @@
-//! Strategy choice: per stage, the TOML preference list filtered by health,
-//! stage support and memory pressure, with a native strategy as last resort.
+//! Strategy choice: the native strategy names, and the planning of each
+//! stage: the TOML preference list filtered by health, stage support, memory
+//! pressure and (for holding strategies) the estimated need, with a native
+//! strategy as last resort; the plan says why each skipped name was skipped.
 
-use m3u_proxy_plugin_abi::Stage;
+use std::time::Duration;
+
+use m3u_proxy_plugin_abi::{MemoryPressureLevel, Stage};
+
+use super::{PerStage, Pipeline};
+use crate::config::CompressHeld;
+use crate::store::{StorePolicy, Tier};
+use crate::{Error, Result};
 
 /// The built-in strategies.
 ///
@@ -196,4 +205,335 @@ pub struct StagePlan {
     pub chain: Vec<Candidate>,
     /// Human-readable reason for the choice (what was skipped and why).
     pub reason: String,
+}
+
+impl Pipeline {
+    pub(super) fn check_strategy_names(&self) -> Result<()> {
+        let plugins_enabled = self.config.proxy_generation.wasm_plugins.enabled;
+        for stage in Stage::ALL {
+            let names = self
+                .config
+                .proxy_generation
+                .wasm_plugins
+                .strategies
+                .for_stage(stage);
+            for name in names {
+                if let Some(native) = NativeStrategy::from_name(name) {
+                    if native.stage() != stage {
+                        return Err(Error::config_key(
+                            format!("proxy_generation.wasm_plugins.strategies.{}", stage.name()),
+                            format!(
+                                "`{name}` is a {} strategy, not a {} one",
+                                native.stage().name(),
+                                stage.name()
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+                let members: Vec<&str> = name.split(CHAIN_SEPARATOR).collect();
+                if members.len() > MAX_CHAIN_LEN {
+                    return Err(Error::config_key(
+                        format!("proxy_generation.wasm_plugins.strategies.{}", stage.name()),
+                        format!(
+                            "`{name}` chains {} plugins; at most {MAX_CHAIN_LEN}",
+                            members.len()
+                        ),
+                    ));
+                }
+                if members.len() > 1 {
+                    self.check_chain(stage, name, &members)?;
+                }
+                let unknown = members.iter().find(|member| {
+                    NativeStrategy::from_name(member).is_none()
+                        && plugins_enabled
+                        && !self.plugins.iter().any(|slot| slot.name() == **member)
+                        && !self.failed_plugin_names.contains(**member)
+                });
+                if let Some(member) = unknown {
+                    let name = member;
+                    let natives: Vec<&str> = NativeStrategy::ALL
+                        .iter()
+                        .filter(|s| s.stage() == stage)
+                        .map(|s| s.name())
+                        .collect();
+                    let plugins: Vec<&str> = self.plugins.iter().map(|s| s.name()).collect();
+                    return Err(Error::config_key(
+                        format!("proxy_generation.wasm_plugins.strategies.{}", stage.name()),
+                        format!(
+                            "unknown strategy `{name}`; native strategies for this stage: {}; \
+                             loaded plugins: {}",
+                            natives.join(", "),
+                            if plugins.is_empty() {
+                                "none".to_string()
+                            } else {
+                                plugins.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A chained name: plugins, then at most one streaming native strategy
+    /// of this stage, last.
+    fn check_chain(&self, stage: Stage, name: &str, members: &[&str]) -> Result<()> {
+        let key = format!("proxy_generation.wasm_plugins.strategies.{}", stage.name());
+        let (last, plugins) = members.split_last().expect("a chain has members");
+        if let Some(native) = plugins
+            .iter()
+            .find(|m| NativeStrategy::from_name(m).is_some())
+        {
+            return Err(Error::config_key(
+                key,
+                format!(
+                    "`{name}` has the native strategy `{native}` before a plugin; a native \
+                     strategy can only end a chain"
+                ),
+            ));
+        }
+        if let Some(native) = NativeStrategy::from_name(last) {
+            if native.stage() != stage || native.holds() {
+                let streaming: Vec<&str> = NativeStrategy::ALL
+                    .iter()
+                    .filter(|s| s.stage() == stage && !s.holds())
+                    .map(|s| s.name())
+                    .collect();
+                return Err(Error::config_key(
+                    key,
+                    format!(
+                        "`{name}` ends with `{last}`; a chain can end only with a streaming \
+                         native strategy of {}: {}",
+                        stage.name(),
+                        streaming.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The store policy of a holding strategy: `zstd_compression` holds
+    /// zstd-compressed, the others with `[store] compression`.
+    pub fn store_policy(&self, native: NativeStrategy) -> StorePolicy {
+        let store = &self.config.store;
+        StorePolicy {
+            codec: if native == NativeStrategy::ZstdCompression {
+                self.zstd_codec.clone()
+            } else {
+                self.codec.clone()
+            },
+            spill_directory: store.spill_directory(),
+            compress_from: store.compress_from.0,
+            disk_from: store.disk_from.0,
+            // zstd_compression is a promise to hold compressed.
+            floor: match self.config.pipeline.compress_held {
+                _ if native == NativeStrategy::ZstdCompression => Tier::Compressed,
+                CompressHeld::Always => Tier::Compressed,
+                CompressHeld::Auto | CompressHeld::Never => Tier::Plain,
+            },
+        }
+    }
+
+    /// Memory the run's holders may use before pressure reaches `high`,
+    /// shared among the holding strategies the configuration lists.
+    fn spare_bytes_per_holder(&self) -> u64 {
+        let holders = Stage::ALL
+            .iter()
+            .flat_map(|&stage| {
+                self.config
+                    .proxy_generation
+                    .wasm_plugins
+                    .strategies
+                    .for_stage(stage)
+            })
+            .filter(|name| NativeStrategy::from_name(name).is_some_and(NativeStrategy::holds))
+            .count()
+            .max(1) as u64;
+        let spare = match self.monitor.snapshot() {
+            Ok(snapshot) => {
+                let high = (snapshot.limit_bytes as f64 * self.config.memory.high) as u64;
+                high.saturating_sub(snapshot.used_bytes)
+            }
+            // Nothing to measure: adapt by pressure only (which then reads
+            // optimal, unless forced).
+            Err(_) => u64::MAX,
+        };
+        spare / holders
+    }
+
+    /// Chooses the strategy chain of every stage for this pressure level,
+    /// for inputs of unknown size.
+    pub fn plan(&mut self, level: MemoryPressureLevel) -> PerStage<StagePlan> {
+        self.plan_for_input(level, None)
+    }
+
+    /// Chooses the strategy chain of every stage for this pressure level
+    /// and an input of `input_bytes` (the sources' size, if known): a
+    /// holding strategy is chosen only if its estimated need fits.
+    pub fn plan_for_input(
+        &mut self,
+        level: MemoryPressureLevel,
+        input_bytes: Option<u64>,
+    ) -> PerStage<StagePlan> {
+        let spare = self.spare_bytes_per_holder();
+        PerStage::from_fn(|stage| self.plan_stage(stage, level, input_bytes, spare))
+    }
+
+    fn plan_stage(
+        &mut self,
+        stage: Stage,
+        level: MemoryPressureLevel,
+        input_bytes: Option<u64>,
+        spare: u64,
+    ) -> StagePlan {
+        let names = self
+            .config
+            .proxy_generation
+            .wasm_plugins
+            .strategies
+            .for_stage(stage)
+            .to_vec();
+        let mut chain = Vec::new();
+        let mut skipped = Vec::new();
+        let mut hold = None;
+        let mut notes = Vec::new();
+        for name in &names {
+            if let Some(native) = NativeStrategy::from_name(name) {
+                if let Some(service) = native.needs_endpoint() {
+                    skipped.push(format!(
+                        "{name} (needs {service}; none is configured in this build)"
+                    ));
+                    continue;
+                }
+                if native.holds() {
+                    if hold.is_some() {
+                        skipped.push(format!("{name} (the stage already holds)"));
+                        continue;
+                    }
+                    let policy = self.store_policy(native);
+                    match crate::store::plan_tier(&policy, level, input_bytes, spare) {
+                        Some(tier_plan) => {
+                            notes.push(format!(
+                                "{name} holds {} ({})",
+                                tier_plan.tier.name(),
+                                tier_plan.reason
+                            ));
+                            hold = Some((native, tier_plan));
+                        }
+                        None => {
+                            skipped.push(format!(
+                                "{name} (its estimated need does not fit in memory and \
+                                 [store] spill_to_disk is off)"
+                            ));
+                            continue;
+                        }
+                    }
+                    if native.only_holds() {
+                        continue;
+                    }
+                }
+                chain.push(Candidate::Native(native));
+                break; // natives do not fail: nothing after one is reachable
+            }
+            let mut plugins = PluginChain::new();
+            let mut then = None;
+            let mut unusable = None;
+            for member in name.split(CHAIN_SEPARATOR) {
+                // check_strategy_names lets a native only end a chain, and
+                // bounds the chain's length.
+                if let Some(native) = NativeStrategy::from_name(member) {
+                    then = Some(native);
+                    break;
+                }
+                match self.usable_plugin(member, stage, level) {
+                    Ok(index) => plugins.push(index).expect("chain length checked"),
+                    Err(why) => {
+                        unusable = Some(why);
+                        break;
+                    }
+                }
+            }
+            match unusable {
+                None => chain.push(Candidate::Plugins {
+                    chain: plugins,
+                    then,
+                }),
+                Some(why) if name.contains(CHAIN_SEPARATOR) => {
+                    skipped.push(format!("{name} ({why})"))
+                }
+                Some(why) => skipped.push(why),
+            }
+        }
+        if !matches!(chain.last(), Some(Candidate::Native(_))) {
+            chain.push(Candidate::Native(NativeStrategy::streaming_default(stage)));
+        }
+        let first = self.candidate_name(&chain[0]);
+        let mut reason = match (names.is_empty(), skipped.is_empty()) {
+            (true, _) => "nothing listed: native streaming default".to_string(),
+            (false, true) => "first listed candidate".to_string(),
+            (false, false) => format!("skipped {}", skipped.join("; ")),
+        };
+        if !notes.is_empty() {
+            reason = format!("{reason}; {}", notes.join("; "));
+        }
+        log::info!("stage {}: using {first} ({reason})", stage.name());
+        StagePlan {
+            stage,
+            hold,
+            chain,
+            reason,
+        }
+    }
+
+    /// The index of plugin `name` if it can run `stage` at `level`, else
+    /// why not (for the plan's reason).
+    fn usable_plugin(
+        &mut self,
+        name: &str,
+        stage: Stage,
+        level: MemoryPressureLevel,
+    ) -> std::result::Result<usize, String> {
+        let fallbacks = &self.config.proxy_generation.wasm_plugins.fallbacks;
+        let back_off = Duration::from_secs(fallbacks.circuit_reset_seconds);
+        let Some(index) = self.plugins.iter().position(|slot| slot.name() == name) else {
+            return Err(format!("{name} (not loaded)"));
+        };
+        let slot = &mut self.plugins[index];
+        if slot.maybe_close_circuit(back_off) {
+            log::info!("plugin `{name}`: back-off over, trying it again");
+        }
+        if slot.disabled {
+            return Err(format!(
+                "{name} (switched off after {} failures)",
+                slot.failures
+            ));
+        }
+        if !slot.instance.info().supports(stage) {
+            return Err(format!("{name} (does not implement {})", stage.name()));
+        }
+        // What the plugin declared (`PluginInfo.memory.max_pressure`):
+        // planning never runs guest code. The plugin's own answer comes
+        // once per run, at its start (`Pipeline::start_plugins`).
+        if level > slot.instance.info().memory.max_pressure {
+            return Err(format!("{name} (declines pressure {})", level.name()));
+        }
+        if let Some(why) = self.declined.get(&index) {
+            return Err(format!("{name} ({why})"));
+        }
+        Ok(index)
+    }
+
+    pub(super) fn candidate_name(&self, candidate: &Candidate) -> String {
+        match candidate {
+            Candidate::Plugins { chain, then } => {
+                let plugins = chain.iter().map(|&i| self.plugins[i].name());
+                let names: Vec<&str> = plugins.chain(then.map(NativeStrategy::name)).collect();
+                names.join(&CHAIN_SEPARATOR.to_string())
+            }
+            Candidate::Native(native) => native.name().to_string(),
+        }
+    }
 }

@@ -183,23 +183,35 @@ const REQUIRED_FUNCTIONS: [(&str, &[usize], usize); 7] = [
     (exports::CLEANUP, &[0], 1),
 ];
 
+/// Checks that every name of an `allowed_host_functions` list is a host
+/// function this host has (the one place this is checked: the configuration
+/// and the runtime both call it).
+///
+/// # Errors
+/// A configuration error naming the unknown function and listing the known.
+pub fn check_allowlist(allowed_host_functions: &[String]) -> Result<()> {
+    match allowed_host_functions
+        .iter()
+        .find(|name| !host_functions::ALL.contains(&name.as_str()))
+    {
+        Some(name) => Err(Error::config_key(
+            "proxy_generation.wasm_plugins.security.allowed_host_functions",
+            format!(
+                "unknown host function `{name}`; known: {}",
+                host_functions::ALL.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl PluginRuntime {
     /// A runtime with these limits whose linker offers only `allowed_host_functions`.
     ///
     /// # Errors
     /// A name in the allowlist that is not a host function this host has.
     pub fn new(limits: RuntimeLimits, allowed_host_functions: &[String]) -> Result<Self> {
-        for name in allowed_host_functions {
-            if !host_functions::ALL.contains(&name.as_str()) {
-                return Err(Error::config_key(
-                    "proxy_generation.wasm_plugins.security.allowed_host_functions",
-                    format!(
-                        "unknown host function `{name}`; known: {}",
-                        host_functions::ALL.join(", ")
-                    ),
-                ));
-            }
-        }
+        check_allowlist(allowed_host_functions)?;
         if limits.fuel_per_call == 0 || limits.fuel_slice == 0 {
             return Err(Error::config_key(
                 "proxy_generation.wasm_plugins.fuel_per_call",

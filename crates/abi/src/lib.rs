@@ -539,16 +539,6 @@ impl<'a> Channel<'a> {
     }
 }
 
-/// A channel with the number the numbering stage gave it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NumberedChannel<'a> {
-    /// The assigned channel number (`tvg-chno`).
-    pub number: u32,
-    /// The channel.
-    #[serde(borrow)]
-    pub channel: Channel<'a>,
-}
-
 /// The serializable part of a stage's context, sent with every batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageContext<'a> {
@@ -827,6 +817,29 @@ pub enum StageOutput<'a> {
     Patches(#[serde(borrow)] Vec<Patch<'a>>),
 }
 
+/// Variant tags of the enums that carry data, as they appear on the wire.
+///
+/// postcard writes an enum as its variant index (a varint) followed by the
+/// variant's fields; every index here is below `0x80`, so the tag is the
+/// encoding's first byte. Use these to look at an encoded value before
+/// decoding it (as the host does to bound a length prefix). They follow the
+/// declaration order of the variants, which only ever grows at the end
+/// (`docs/ABI.md` §1); a test pins each against the actual encoding.
+pub mod wire_tags {
+    /// First byte of [`crate::StageOutput::Channels`].
+    pub const ANSWER_CHANNELS: u8 = 0;
+    /// First byte of [`crate::StageOutput::Keep`].
+    pub const ANSWER_KEEP: u8 = 1;
+    /// First byte of [`crate::StageOutput::Patches`].
+    pub const ANSWER_PATCHES: u8 = 2;
+    /// First byte of [`crate::PatchOp::SetField`].
+    pub const PATCH_SET_FIELD: u8 = 0;
+    /// First byte of [`crate::PatchOp::SetAttribute`].
+    pub const PATCH_SET_ATTRIBUTE: u8 = 1;
+    /// First byte of [`crate::PatchOp::RemoveAttribute`].
+    pub const PATCH_REMOVE_ATTRIBUTE: u8 = 2;
+}
+
 /// A batch of channels (the host's unit of work, also handy in tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelBatch<'a> {
@@ -912,29 +925,6 @@ impl PluginConfig<'_> {
     }
 }
 
-/// Counters of one pipeline run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GenerationStats {
-    /// Channels read from the sources.
-    pub channels_loaded: u64,
-    /// Channels written to the playlist.
-    pub channels_written: u64,
-    /// Channels dropped by filtering.
-    pub channels_filtered_out: u64,
-    /// Entries skipped as malformed while reading sources.
-    pub malformed_entries: u64,
-    /// Batches that went through the pipeline.
-    pub batches: u64,
-    /// Plugin calls made.
-    pub plugin_calls: u64,
-    /// Plugin calls that failed.
-    pub plugin_failures: u64,
-    /// Batches re-run by a fallback strategy.
-    pub fallbacks: u64,
-    /// Fuel consumed by all plugins.
-    pub fuel_consumed: u64,
-}
-
 /// Sets bit `index` of a [`StageOutput::Keep`] mask.
 pub fn keep_mask_set(mask: &mut [u8], index: usize) {
     mask[index / 8] |= 1 << (index % 8);
@@ -953,10 +943,43 @@ pub const fn keep_mask_len(channels: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    //! Golden bytes: these pin the wire format. If one fails, the format
-    //! changed: bump [`ABI_VERSION`] and update `docs/ABI.md`.
+    //! Loopback tests in the style of postcard's `tests/loopback.rs`: every
+    //! wire type and every enum variant goes through [`loopback`], which pins
+    //! the encoded bytes (golden bytes) and decodes them back. If one fails,
+    //! the format changed: bump [`ABI_VERSION`] and update `docs/ABI.md`.
+    //!
+    //! Reading the byte comments: integers and lengths are varints (7 bits a
+    //! byte, low group first, `0x80` = more follows), strings and vectors are
+    //! a varint length then the bytes/elements, structs are their fields in
+    //! order, enums are the varint variant index then the variant's fields.
     use super::*;
     use alloc::vec;
+    use core::fmt::Debug;
+
+    /// Encodes `value` and checks the bytes are exactly `expected`; decodes
+    /// `expected` back, checks every byte is consumed and the result equals
+    /// `value`; checks every strict prefix of `expected` fails to decode.
+    /// Returns the decoded value (borrowing from `expected`).
+    #[track_caller]
+    fn loopback<'de, T>(value: &T, expected: &'de [u8]) -> T
+    where
+        T: Serialize + Deserialize<'de> + PartialEq + Debug,
+    {
+        let bytes = postcard::to_allocvec(value).unwrap();
+        assert_eq!(bytes, expected, "encoding of {value:?}");
+        // `expected` equals `bytes` now; decoding it lets the result borrow.
+        let (back, rest) = postcard::take_from_bytes::<T>(expected)
+            .unwrap_or_else(|error| panic!("decoding {value:?}: {error}"));
+        assert!(rest.is_empty(), "{} bytes left after {value:?}", rest.len());
+        assert_eq!(&back, value, "decoded value");
+        for cut in 0..expected.len() {
+            assert!(
+                postcard::from_bytes::<T>(&expected[..cut]).is_err(),
+                "the first {cut} bytes of {value:?} decode"
+            );
+        }
+        back
+    }
 
     fn sample_channel() -> Channel<'static> {
         Channel {
@@ -974,29 +997,48 @@ mod tests {
         }
     }
 
+    /// A channel with only an id: what a `reads = NONE` plugin sees.
+    fn bare_channel(id: u64) -> Channel<'static> {
+        Channel {
+            id,
+            ..Channel::default()
+        }
+    }
+
     #[test]
-    fn channel_golden_bytes() {
-        let bytes = postcard::to_allocvec(&sample_channel()).unwrap();
-        #[rustfmt::skip]
-        let expected: &[u8] = &[
-            0xac, 0x02,          // id 300 (varint)
-            0x01,                // source_id 1
-            3, b'a', b'.', b'b', // tvg_id
-            0,                   // tvg_name
-            0, 0, 0, 0,          // tvg_chno, tvg_logo, tvg_shift, group_title
-            1, b'A',             // channel_name
-            1, b'u',             // stream_url
-            0, 0, 0, 0,          // duration, video_codec, audio_codec, resolution
-            1, 1, b'x', 1, b'y', // attributes: [("x","y")]
-            1, 2, b'#', b'E',    // extras: ["#E"]
-        ];
-        assert_eq!(bytes, expected);
-        let back: Channel = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back, sample_channel());
-        assert!(
-            matches!(back.tvg_id, Cow::Borrowed(_)),
-            "strings decode borrowed"
-        );
+    fn stage_loopback() {
+        loopback(&Stage::SourceLoading, &[0]); // variant 0
+        loopback(&Stage::DataMapping, &[1]); // variant 1
+        loopback(&Stage::Filtering, &[2]); // variant 2
+        loopback(&Stage::ChannelNumbering, &[3]); // variant 3
+        loopback(&Stage::M3uGeneration, &[4]); // variant 4
+    }
+
+    #[test]
+    fn memory_pressure_level_loopback() {
+        loopback(&MemoryPressureLevel::Optimal, &[0]); // variant 0
+        loopback(&MemoryPressureLevel::Moderate, &[1]); // variant 1
+        loopback(&MemoryPressureLevel::High, &[2]); // variant 2
+        loopback(&MemoryPressureLevel::Critical, &[3]); // variant 3
+        loopback(&MemoryPressureLevel::Emergency, &[4]); // variant 4
+    }
+
+    #[test]
+    fn field_loopback() {
+        loopback(&Field::TvgId, &[0]); // variant 0
+        loopback(&Field::TvgName, &[1]); // variant 1
+        loopback(&Field::TvgChno, &[2]); // variant 2
+        loopback(&Field::TvgLogo, &[3]); // variant 3
+        loopback(&Field::TvgShift, &[4]); // variant 4
+        loopback(&Field::GroupTitle, &[5]); // variant 5
+        loopback(&Field::ChannelName, &[6]); // variant 6
+        loopback(&Field::StreamUrl, &[7]); // variant 7
+        loopback(&Field::Duration, &[8]); // variant 8
+        loopback(&Field::VideoCodec, &[9]); // variant 9
+        loopback(&Field::AudioCodec, &[10]); // variant 10
+        loopback(&Field::Resolution, &[11]); // variant 11
+        loopback(&Field::Attributes, &[12]); // variant 12
+        loopback(&Field::Extras, &[13]); // variant 13
     }
 
     #[test]
@@ -1015,19 +1057,160 @@ mod tests {
     }
 
     #[test]
-    fn stage_output_golden_bytes() {
-        let keep = StageOutput::Keep(Cow::Borrowed(&[0b101]));
-        assert_eq!(postcard::to_allocvec(&keep).unwrap(), [1, 1, 0b101]);
-        let patches = StageOutput::Patches(vec![Patch {
-            index: 2,
-            op: PatchOp::SetField(Field::GroupTitle, "G".into()),
-        }]);
-        assert_eq!(
-            postcard::to_allocvec(&patches).unwrap(),
-            [2, 1, 2, 0, 5, 1, b'G']
+    fn unknown_variant_indices_are_errors() {
+        assert!(postcard::from_bytes::<Stage>(&[5]).is_err());
+        assert!(postcard::from_bytes::<MemoryPressureLevel>(&[5]).is_err());
+        assert!(postcard::from_bytes::<Field>(&[14]).is_err());
+        assert!(postcard::from_bytes::<PatchOp>(&[3, 1, b'x']).is_err());
+        assert!(postcard::from_bytes::<StageOutput>(&[3, 0]).is_err());
+    }
+
+    #[test]
+    fn field_set_loopback() {
+        // u32 0
+        loopback(&FieldSet::NONE, &[0x00]);
+        // bit 0 = 1
+        loopback(&FieldSet::of(&[Field::TvgId]), &[0x01]);
+        // bits 0 and 6 = 0x41, below 0x80: one byte
+        loopback(&FieldSet::of(&[Field::TvgId, Field::ChannelName]), &[0x41]);
+        // bit 7 = 0x80 = 128: low group 0 with the continuation bit, then 1
+        loopback(&FieldSet::of(&[Field::StreamUrl]), &[0x80, 0x01]);
+        // bits 6 and 13 = 0x2040 = 8256: low group 0x40 | 0x80, then 8256 >> 7 = 0x40
+        loopback(
+            &FieldSet::of(&[Field::ChannelName, Field::Extras]),
+            &[0xc0, 0x40],
         );
-        let channels = StageOutput::Channels(vec![]);
-        assert_eq!(postcard::to_allocvec(&channels).unwrap(), [0, 0]);
+        // bits 0..=13 = 0x3fff: low group 0x7f | 0x80, then 0x3fff >> 7 = 0x7f
+        loopback(&FieldSet::ALL, &[0xff, 0x7f]);
+        // u32::MAX: four full groups, then the top 4 bits; unknown bits decode as sent
+        loopback(&FieldSet(u32::MAX), &[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    }
+
+    #[test]
+    fn attribute_loopback() {
+        // name "" (len 0), value "" (len 0)
+        loopback(&Attribute::default(), &[0, 0]);
+        // name: len 1, "x"; value: len 1, "y"
+        let back = loopback(
+            &Attribute {
+                name: "x".into(),
+                value: "y".into(),
+            },
+            &[1, b'x', 1, b'y'],
+        );
+        assert!(
+            matches!(back.name, Cow::Borrowed(_)),
+            "strings decode borrowed"
+        );
+        // name: len 1, "x"; value "é": len 2 (UTF-8 bytes, not chars), c3 a9
+        loopback(
+            &Attribute {
+                name: "x".into(),
+                value: "é".into(),
+            },
+            &[1, b'x', 2, 0xc3, 0xa9],
+        );
+    }
+
+    #[test]
+    fn channel_golden_bytes() {
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            0xac, 0x02,          // id 300 (varint)
+            0x01,                // source_id 1
+            3, b'a', b'.', b'b', // tvg_id
+            0,                   // tvg_name
+            0, 0, 0, 0,          // tvg_chno, tvg_logo, tvg_shift, group_title
+            1, b'A',             // channel_name
+            1, b'u',             // stream_url
+            0, 0, 0, 0,          // duration, video_codec, audio_codec, resolution
+            1, 1, b'x', 1, b'y', // attributes: [("x","y")]
+            1, 2, b'#', b'E',    // extras: ["#E"]
+        ];
+        let back = loopback(&sample_channel(), expected);
+        assert!(
+            matches!(back.tvg_id, Cow::Borrowed(_)),
+            "strings decode borrowed"
+        );
+    }
+
+    #[test]
+    fn channel_loopback_default_and_every_field() {
+        // id 0, source_id 0, 12 empty strings, no attributes, no extras
+        loopback(&Channel::default(), &[0; 16]);
+        // Every field set, each to a different letter, so the order is pinned.
+        let full = Channel {
+            id: u64::MAX,
+            source_id: u32::MAX,
+            tvg_id: "a".into(),
+            tvg_name: "b".into(),
+            tvg_chno: "c".into(),
+            tvg_logo: "d".into(),
+            tvg_shift: "e".into(),
+            group_title: "f".into(),
+            channel_name: "g".into(),
+            stream_url: "h".into(),
+            duration: "i".into(),
+            video_codec: "j".into(),
+            audio_codec: "k".into(),
+            resolution: "l".into(),
+            attributes: vec![
+                Attribute {
+                    name: "m".into(),
+                    value: "n".into(),
+                },
+                Attribute {
+                    name: "o".into(),
+                    value: "p".into(),
+                },
+            ],
+            extras: vec!["q".into(), "r".into()],
+        };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, // id u64::MAX: 9 × 7 bits, then 1
+            0xff, 0xff, 0xff, 0xff, 0x0f,   // source_id u32::MAX: 4 × 7 bits, then 4
+            1, b'a',                        // tvg_id
+            1, b'b',                        // tvg_name
+            1, b'c',                        // tvg_chno
+            1, b'd',                        // tvg_logo
+            1, b'e',                        // tvg_shift
+            1, b'f',                        // group_title
+            1, b'g',                        // channel_name
+            1, b'h',                        // stream_url
+            1, b'i',                        // duration
+            1, b'j',                        // video_codec
+            1, b'k',                        // audio_codec
+            1, b'l',                        // resolution
+            2, 1, b'm', 1, b'n', 1, b'o', 1, b'p', // attributes: 2 × (name, value)
+            2, 1, b'q', 1, b'r',            // extras: 2 strings
+        ];
+        loopback(&full, expected);
+    }
+
+    #[test]
+    fn stage_context_loopback() {
+        // stage, memory_pressure, available_memory, proxy_name "", base_url "", batch_index
+        loopback(&StageContext::default(), &[0, 0, 0, 0, 0, 0]);
+        let context = StageContext {
+            stage: Stage::M3uGeneration,
+            memory_pressure: MemoryPressureLevel::Emergency,
+            available_memory: 0,
+            proxy_name: "p".into(),
+            base_url: "http://h".into(),
+            batch_index: 300,
+        };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            4,                   // stage M3uGeneration
+            4,                   // memory_pressure Emergency
+            0,                   // available_memory 0 (unknown)
+            1, b'p',             // proxy_name "p"
+            8, b'h', b't', b't', b'p', b':', b'/', b'/', b'h', // base_url "http://h"
+            0xac, 0x02,          // batch_index 300
+        ];
+        let back = loopback(&context, expected);
+        assert!(matches!(back.base_url, Cow::Borrowed(_)));
     }
 
     #[test]
@@ -1044,8 +1227,42 @@ mod tests {
             fields: FieldSet::of(&[Field::TvgId, Field::ChannelName]),
             channels: vec![],
         };
-        let bytes = postcard::to_allocvec(&input).unwrap();
-        assert_eq!(bytes, [2, 2, 1, 1, b'p', 0, 3, 0x41, 0]);
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            2, 2, 1,             // context: Filtering, High, available_memory 1
+            1, b'p', 0,          // context: proxy_name "p", base_url ""
+            3,                   // context: batch_index 3
+            0x41,                // fields: TvgId (bit 0) | ChannelName (bit 6)
+            0,                   // no channels
+        ];
+        loopback(&input, expected);
+    }
+
+    #[test]
+    fn stage_input_reads_none_loopback() {
+        // The `reads = NONE` example of docs/ABI.md §7.
+        let input = StageInput {
+            context: StageContext {
+                stage: Stage::DataMapping,
+                memory_pressure: MemoryPressureLevel::Optimal,
+                available_memory: 1_000_000,
+                proxy_name: "p".into(),
+                base_url: "".into(),
+                batch_index: 0,
+            },
+            fields: FieldSet::NONE,
+            channels: vec![bare_channel(1)],
+        };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            1, 0,                // context: DataMapping, Optimal
+            0xc0, 0x84, 0x3d,    // context: available_memory 1_000_000 (0x40|0x80, 0x04|0x80, 0x3d)
+            1, b'p', 0, 0,       // context: proxy_name "p", base_url "", batch_index 0
+            0,                   // fields: NONE
+            1,                   // one channel:
+            1, 0,                //   id 1, source_id 0, and no field at all
+        ];
+        loopback(&input, expected);
     }
 
     #[test]
@@ -1069,11 +1286,15 @@ mod tests {
             1, 2, b'#', b'E',    // extras
         ];
         assert_eq!(bytes, expected);
-        let back: StageInput = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back.channels, [channel.project(fields)]);
+        // The owned form of what the plugin sees encodes the same way and
+        // decodes back to the projected channel.
+        let projected = StageInput {
+            context: context.clone(),
+            fields,
+            channels: vec![channel.project(fields)],
+        };
+        let back = loopback(&projected, expected);
         assert!(matches!(back.channels[0].channel_name, Cow::Borrowed(_)));
-        // The owned form encodes the same way.
-        assert_eq!(postcard::to_allocvec(&back).unwrap(), bytes);
         // Every field: the same as a full channel after id and source_id.
         let all = StageInputView {
             context: &context,
@@ -1100,6 +1321,207 @@ mod tests {
     }
 
     #[test]
+    fn patch_op_loopback() {
+        // variant 0 SetField, field 5 GroupTitle, value: len 1, "G"
+        loopback(
+            &PatchOp::SetField(Field::GroupTitle, "G".into()),
+            &[0, 5, 1, b'G'],
+        );
+        // variant 1 SetAttribute, name: len 1, "x", value: len 1, "y"
+        let back = loopback(
+            &PatchOp::SetAttribute("x".into(), "y".into()),
+            &[1, 1, b'x', 1, b'y'],
+        );
+        assert!(matches!(
+            back,
+            PatchOp::SetAttribute(Cow::Borrowed(_), Cow::Borrowed(_))
+        ));
+        // variant 2 RemoveAttribute, name: len 1, "x"
+        loopback(&PatchOp::RemoveAttribute("x".into()), &[2, 1, b'x']);
+    }
+
+    #[test]
+    fn patch_loopback() {
+        // index 2, op: SetField (0), GroupTitle (5), len 1, "G"
+        loopback(
+            &Patch {
+                index: 2,
+                op: PatchOp::SetField(Field::GroupTitle, "G".into()),
+            },
+            &[2, 0, 5, 1, b'G'],
+        );
+        // index 300 (ac 02), op: RemoveAttribute (2), len 1, "x"
+        loopback(
+            &Patch {
+                index: 300,
+                op: PatchOp::RemoveAttribute("x".into()),
+            },
+            &[0xac, 0x02, 2, 1, b'x'],
+        );
+    }
+
+    #[test]
+    fn stage_output_golden_bytes() {
+        // variant 1 Keep, mask: len 1, 0b101
+        let back = loopback(&StageOutput::Keep(Cow::Borrowed(&[0b101])), &[1, 1, 0b101]);
+        assert!(matches!(back, StageOutput::Keep(Cow::Borrowed(_))));
+        // variant 1 Keep, mask: len 2, 0b0000_0101, 0b10 (10 channels, keep 0, 2, 9)
+        loopback(
+            &StageOutput::Keep(Cow::Borrowed(&[0b0000_0101, 0b10])),
+            &[1, 2, 0b0000_0101, 0b10],
+        );
+        // variant 1 Keep, mask: len 0
+        loopback(&StageOutput::Keep(Cow::Borrowed(&[])), &[1, 0]);
+        // variant 2 Patches, 1 patch: index 2, SetField (0), GroupTitle (5), len 1, "G"
+        loopback(
+            &StageOutput::Patches(vec![Patch {
+                index: 2,
+                op: PatchOp::SetField(Field::GroupTitle, "G".into()),
+            }]),
+            &[2, 1, 2, 0, 5, 1, b'G'],
+        );
+        // variant 2 Patches, 0 patches: change nothing
+        loopback(&StageOutput::Patches(vec![]), &[2, 0]);
+        // variant 0 Channels, 0 channels
+        loopback(&StageOutput::Channels(vec![]), &[0, 0]);
+    }
+
+    #[test]
+    fn stage_output_loopback_every_patch_op_and_a_channel() {
+        let patches = StageOutput::Patches(vec![
+            Patch {
+                index: 0,
+                op: PatchOp::SetField(Field::TvgChno, "7".into()),
+            },
+            Patch {
+                index: 1,
+                op: PatchOp::SetAttribute("x".into(), "y".into()),
+            },
+            Patch {
+                index: 300,
+                op: PatchOp::RemoveAttribute("x".into()),
+            },
+        ]);
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            2,                          // variant 2 Patches
+            3,                          // 3 patches:
+            0, 0, 2, 1, b'7',           //   index 0, SetField (0), TvgChno (2), "7"
+            1, 1, 1, b'x', 1, b'y',     //   index 1, SetAttribute (1), "x", "y"
+            0xac, 0x02, 2, 1, b'x',     //   index 300, RemoveAttribute (2), "x"
+        ];
+        loopback(&patches, expected);
+        let channels = StageOutput::Channels(vec![bare_channel(1)]);
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            0,                          // variant 0 Channels
+            1,                          // 1 channel:
+            1, 0,                       //   id 1, source_id 0
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // 12 empty strings
+            0, 0,                       //   no attributes, no extras
+        ];
+        loopback(&channels, expected);
+    }
+
+    #[test]
+    fn wire_tags_are_the_encoded_variant_indices() {
+        // Exhaustive matches: a new variant does not compile until it has a tag.
+        fn answer_tag(answer: &StageOutput<'_>) -> u8 {
+            match answer {
+                StageOutput::Channels(_) => wire_tags::ANSWER_CHANNELS,
+                StageOutput::Keep(_) => wire_tags::ANSWER_KEEP,
+                StageOutput::Patches(_) => wire_tags::ANSWER_PATCHES,
+            }
+        }
+        fn patch_tag(op: &PatchOp<'_>) -> u8 {
+            match op {
+                PatchOp::SetField(..) => wire_tags::PATCH_SET_FIELD,
+                PatchOp::SetAttribute(..) => wire_tags::PATCH_SET_ATTRIBUTE,
+                PatchOp::RemoveAttribute(_) => wire_tags::PATCH_REMOVE_ATTRIBUTE,
+            }
+        }
+        for answer in [
+            StageOutput::Channels(vec![bare_channel(1)]),
+            StageOutput::Keep(Cow::Borrowed(&[1])),
+            StageOutput::Patches(vec![]),
+        ] {
+            let tag = answer_tag(&answer);
+            assert!(tag < 0x80, "a one-byte varint");
+            assert_eq!(
+                postcard::to_allocvec(&answer).unwrap()[0],
+                tag,
+                "{answer:?}"
+            );
+        }
+        for op in [
+            PatchOp::SetField(Field::TvgId, "".into()),
+            PatchOp::SetAttribute("".into(), "".into()),
+            PatchOp::RemoveAttribute("".into()),
+        ] {
+            let tag = patch_tag(&op);
+            assert!(tag < 0x80, "a one-byte varint");
+            assert_eq!(postcard::to_allocvec(&op).unwrap()[0], tag, "{op:?}");
+        }
+    }
+
+    #[test]
+    fn channel_batch_loopback() {
+        // 0 channels
+        loopback(&ChannelBatch::default(), &[0]);
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            1,                          // 1 channel:
+            7, 0,                       //   id 7, source_id 0
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // 12 empty strings
+            0, 0,                       //   no attributes, no extras
+        ];
+        loopback(
+            &ChannelBatch {
+                channels: vec![bare_channel(7)],
+            },
+            expected,
+        );
+        // The same channels encode like StageOutput::Channels minus its tag.
+        let batch = ChannelBatch {
+            channels: vec![sample_channel()],
+        };
+        let answer = StageOutput::Channels(vec![sample_channel()]);
+        assert_eq!(
+            postcard::to_allocvec(&answer).unwrap()[1..],
+            postcard::to_allocvec(&batch).unwrap()
+        );
+    }
+
+    #[test]
+    fn plugin_memory_requirements_loopback() {
+        // min_bytes 0, recommended_bytes 0, max_pressure Optimal (0)
+        loopback(&PluginMemoryRequirements::default(), &[0, 0, 0]);
+        // min_bytes 0, recommended_bytes 128 (80 01), max_pressure Critical (3)
+        loopback(
+            &PluginMemoryRequirements {
+                min_bytes: 0,
+                recommended_bytes: 128,
+                max_pressure: MemoryPressureLevel::Critical,
+            },
+            &[0, 0x80, 0x01, 3],
+        );
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            0x80, 0x80, 0x80, 0x01,     // min_bytes 2 MiB = 1 << 21: three empty groups, then 1
+            0x80, 0x80, 0x80, 0x20,     // recommended_bytes 64 MiB = 1 << 26: three empty groups, then 1 << 5
+            4,                          // max_pressure Emergency
+        ];
+        loopback(
+            &PluginMemoryRequirements {
+                min_bytes: 2 << 20,
+                recommended_bytes: 64 << 20,
+                max_pressure: MemoryPressureLevel::Emergency,
+            },
+            expected,
+        );
+    }
+
+    #[test]
     fn plugin_info_golden_bytes() {
         let info = PluginInfo {
             name: "n".into(),
@@ -1114,10 +1536,61 @@ mod tests {
                 max_pressure: MemoryPressureLevel::Critical,
             },
         };
-        let bytes = postcard::to_allocvec(&info).unwrap();
-        assert_eq!(
-            bytes,
-            [1, b'n', 1, b'1', 0, 0, 4, 0x80, 0x01, 0, 0x80, 0x01, 3]
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            1, b'n', 1, b'1',    // name "n", version "1"
+            0, 0,                // description "", author ""
+            4,                   // stages: 1 << 2 (Filtering)
+            0x80, 0x01,          // reads: 0x80 (StreamUrl)
+            0,                   // memory.min_bytes 0
+            0x80, 0x01,          // memory.recommended_bytes 128
+            3,                   // memory.max_pressure Critical
+        ];
+        loopback(&info, expected);
+    }
+
+    #[test]
+    fn plugin_info_loopback_default_and_full() {
+        // 4 empty strings, stages 0, reads NONE, memory 0, 0, Optimal
+        loopback(&PluginInfo::default(), &[0; 9]);
+        let info = PluginInfo {
+            name: "dedup".into(),
+            version: "0.1.0".into(),
+            description: "d".into(),
+            author: "a".into(),
+            stages: Stage::ALL.iter().map(|s| s.bit()).sum(),
+            reads: FieldSet::ALL,
+            memory: PluginMemoryRequirements {
+                min_bytes: 1,
+                recommended_bytes: 2,
+                max_pressure: MemoryPressureLevel::Optimal,
+            },
+        };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            5, b'd', b'e', b'd', b'u', b'p', // name "dedup"
+            5, b'0', b'.', b'1', b'.', b'0', // version "0.1.0"
+            1, b'd',                         // description "d"
+            1, b'a',                         // author "a"
+            0x1f,                            // stages: bits 0..=4, every stage
+            0xff, 0x7f,                      // reads: ALL = 0x3fff
+            1, 2, 0,                         // memory: min 1, recommended 2, Optimal
+        ];
+        let back = loopback(&info, expected);
+        assert!(Stage::ALL.into_iter().all(|stage| back.supports(stage)));
+    }
+
+    #[test]
+    fn config_entry_loopback() {
+        // key "", value ""
+        loopback(&ConfigEntry::default(), &[0, 0]);
+        // key: len 1, "k"; value: len 1, "v"
+        loopback(
+            &ConfigEntry {
+                key: "k".into(),
+                value: "v".into(),
+            },
+            &[1, b'k', 1, b'v'],
         );
     }
 
@@ -1135,7 +1608,6 @@ mod tests {
                 },
             ],
         };
-        let bytes = postcard::to_allocvec(&config).unwrap();
         #[rustfmt::skip]
         let expected: &[u8] = &[
             2,                                  // two entries
@@ -1144,28 +1616,22 @@ mod tests {
             1, b'n',                            // key "n"
             3, b'3', b'0', b'0',                // value "300" (text, not a varint)
         ];
-        assert_eq!(bytes, expected);
-        let back: PluginConfig = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back, config);
+        // loopback also checks that a cut table is an error, not a shorter one.
+        let back = loopback(&config, expected);
         assert!(
             matches!(back.entries[1].value, Cow::Borrowed(_)),
             "strings decode borrowed"
         );
         assert_eq!(back.get("n"), Some("300"));
         assert_eq!(back.get("missing"), None);
-        // Cut anywhere, it is an error, not a shorter table.
-        for cut in 0..bytes.len() {
-            assert!(postcard::from_bytes::<PluginConfig>(&bytes[..cut]).is_err());
-        }
     }
 
     #[test]
     fn plugin_config_empty_and_long_value_golden_bytes() {
-        let empty = PluginConfig::default();
-        let bytes = postcard::to_allocvec(&empty).unwrap();
-        assert_eq!(bytes, [0]);
-        assert_eq!(postcard::from_bytes::<PluginConfig>(&bytes).unwrap(), empty);
-        // A 200-byte value: its length is the two-byte varint c8 01.
+        // 0 entries
+        loopback(&PluginConfig::default(), &[0]);
+        // A 200-byte value: its length is the two-byte varint c8 01
+        // (200 = 0x48 | 0x80, then 200 >> 7 = 1).
         let long = "v".repeat(200);
         let config = PluginConfig {
             entries: vec![ConfigEntry {
@@ -1173,12 +1639,10 @@ mod tests {
                 value: long.as_str().into(),
             }],
         };
-        let bytes = postcard::to_allocvec(&config).unwrap();
-        assert_eq!(bytes[..5], [1, 1, b'k', 0xc8, 0x01]);
-        assert_eq!(bytes.len(), 5 + 200);
-        assert!(bytes[5..].iter().all(|b| *b == b'v'));
-        let back: PluginConfig = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back, config);
+        // 1 entry, key: len 1, "k", value: len 200 (c8 01), 200 × "v"
+        let mut expected = vec![1, 1, b'k', 0xc8, 0x01];
+        expected.extend_from_slice(long.as_bytes());
+        loopback(&config, &expected);
     }
 
     #[test]

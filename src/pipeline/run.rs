@@ -1,0 +1,599 @@
+//! The run loop: batches from the loader through the five stages, the
+//! holds that keep what a stage holds until the input ends, and the
+//! failure path.
+//!
+//! A failed batch is re-run here: [`Pipeline::run_stage`] tries the stage's
+//! candidates in order; when a plugin fails (`PluginSlot::record_failure`
+//! counts it and may open its circuit), the batch as it was before the
+//! candidate touched it goes to the next candidate, after `respawn`
+//! (registry.rs) if the call was aborted mid-way. The last candidate is
+//! always a native strategy, which cannot fail.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use m3u_proxy_plugin_abi::{MemoryPressureLevel, Stage, StageContext};
+
+use super::registry::aborted_mid_call;
+use super::sources::{CollectSink, Loader};
+use super::strategy::{Candidate, NativeStrategy, StagePlan};
+use super::{
+    ChannelSink, HoldStats, PerStage, Pipeline, PluginStats, RunStats, Source, StageStats,
+};
+use crate::native::dedup::PlaylistDedup;
+use crate::native::filter::FilterSet;
+use crate::native::mapping::Mapper;
+use crate::native::numbering::{number_the_rest, reserve_explicit_numbers, ChannelNumberer};
+use crate::store::{BatchQueue, ExternalSorter};
+use crate::{ErrorKind, OwnedChannel, Result};
+
+impl Pipeline {
+    /// Runs the pipeline over `sources` into `sink`.
+    ///
+    /// # Errors
+    /// I/O errors, a spill store that fails, an interruption (see
+    /// [`Pipeline::set_interrupt_flag`]), or a plugin failure when
+    /// `enable_fallbacks = false`.
+    pub fn run(&mut self, sources: Vec<Source>, sink: &mut dyn ChannelSink) -> Result<RunStats> {
+        let started = Instant::now();
+        if self.config.proxy_generation.wasm_plugins.enable_hot_reload {
+            self.reload_changed_plugins();
+        }
+        let level = self.monitor.level();
+        let snapshot = self.monitor.snapshot().ok();
+        let input_bytes = sources
+            .iter()
+            .map(|source| source.size_hint)
+            .sum::<Option<u64>>();
+        self.declined.clear();
+        let mut plans = self.plan_for_input(level, input_bytes);
+        if self.start_plugins(&plans, level) {
+            // A plugin declined this run: plan again without it (pure).
+            plans = self.plan_for_input(level, input_bytes);
+        }
+        let mut run = RunState {
+            stats: RunStats {
+                memory_pressure: level.name().to_string(),
+                memory_source: snapshot.map(|s| s.source.name().to_string()),
+                memory_limit_bytes: snapshot.map(|s| s.limit_bytes),
+                plugin_load_errors: self.load_errors(),
+                ..RunStats::default()
+            },
+            context: StageContext {
+                stage: Stage::SourceLoading,
+                memory_pressure: level,
+                available_memory: snapshot.map_or(0, |s| s.available_bytes),
+                proxy_name: self.config.proxy.name.clone().into(),
+                base_url: self.config.proxy.base_url.clone().into(),
+                batch_index: 0,
+            },
+            numberer: ChannelNumberer::new(self.config.numbering.start),
+            seen_keys: HashSet::new(),
+            stages: PerStage::from_fn(|stage| {
+                let plan = &plans[stage];
+                StageStats {
+                    stage: stage.name().to_string(),
+                    strategy: self.candidate_name(&plan.chain[0]),
+                    hold: plan.hold.as_ref().map(|(native, tier_plan)| {
+                        format!("{} ({})", native.name(), tier_plan.tier.name())
+                    }),
+                    reason: plan.reason.clone(),
+                    ..StageStats::default()
+                }
+            }),
+            holds: PerStage::default(),
+            barrier: None,
+            sorter: None,
+            plans,
+        };
+        for (stage, plan) in run.plans.iter() {
+            let Some((native, tier_plan)) = &plan.hold else {
+                continue;
+            };
+            let policy = self.store_policy(*native);
+            let (tier, budget) = (tier_plan.tier, tier_plan.plain_budget);
+            match native {
+                NativeStrategy::InMemoryNumbering => {
+                    run.barrier = Some(BatchQueue::new(native.name(), policy, tier, budget));
+                }
+                NativeStrategy::SortedWriter => {
+                    run.sorter = Some(ExternalSorter::new(policy, tier, budget));
+                }
+                NativeStrategy::InMemoryFilter if self.rules.dedup.is_some() => {
+                    let dedup = self.rules.dedup.clone().expect("checked");
+                    run.holds[stage] = Some(StageHold::Dedup(PlaylistDedup::new(
+                        dedup,
+                        policy,
+                        tier,
+                        budget,
+                        self.config.pipeline.batch_size,
+                    )));
+                }
+                _ => {
+                    run.holds[stage] = Some(StageHold::Queue(BatchQueue::new(
+                        native.name(),
+                        policy,
+                        tier,
+                        budget,
+                    )))
+                }
+            }
+        }
+        let plugin_baseline: Vec<PluginStats> =
+            self.plugins.iter().map(PluginStats::from_slot).collect();
+
+        let batch_size = self.config.pipeline.batch_size;
+        let mut loader = Loader::new(sources);
+        let mut loading_time = Duration::ZERO;
+        let mut begun = false;
+        let mut next_id = 1u64;
+        loop {
+            self.check_interrupted()?;
+            let batch_started = Instant::now();
+            let next = loader.next_batch(batch_size, &mut next_id)?;
+            loading_time += batch_started.elapsed();
+            let Some(batch) = next else {
+                break;
+            };
+            if !begun {
+                // The header of the first source is known once it has been
+                // read; headers of later sources are merged when known by now.
+                sink.begin(&loader.header)?;
+                begun = true;
+            }
+            run.stats.batches += 1;
+            run.stats.channels_loaded += batch.len() as u64;
+            self.advance(&mut run, batch, Stage::SourceLoading, sink)?;
+        }
+        run.stats.malformed_entries = loader.malformed;
+        run.stages[Stage::SourceLoading].time_ms += loading_time.as_secs_f64() * 1e3;
+        if !begun {
+            sink.begin(&loader.header)?;
+        }
+        // The input has ended: let go of what each stage held, in stage
+        // order, one batch at a time (each may fill a later stage's hold).
+        for (stage, next) in HOLDING_STAGES.into_iter().zip(&Stage::ALL[1..]) {
+            let Some(mut hold) = run.holds[stage].take() else {
+                continue;
+            };
+            while let Some(batch) = hold.pop(self.monitor.level())? {
+                self.check_interrupted()?;
+                self.advance(&mut run, batch, *next, sink)?;
+            }
+            run.stats.holds.extend(hold.stats());
+        }
+        if let Some(mut barrier) = run.barrier.take() {
+            // Batch by batch: each is read back, numbered and sent on before
+            // the next is touched.
+            while let Some((mut channels, explicit)) = barrier.pop()? {
+                self.check_interrupted()?;
+                let stage_started = Instant::now();
+                number_the_rest(&mut run.numberer, &mut channels, &explicit);
+                let numbering = &mut run.stages[Stage::ChannelNumbering];
+                numbering.channels_out += channels.len() as u64;
+                numbering.count_batch(NativeStrategy::InMemoryNumbering.name());
+                numbering.time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
+                self.finish_batch(&mut run, channels, sink)?;
+            }
+            run.stats.holds.push(barrier.stats());
+        }
+        if let Some(sorter) = run.sorter.take() {
+            let stage_started = Instant::now();
+            let mut sorted = sorter.finish(batch_size)?;
+            let mut sort_time = stage_started.elapsed();
+            loop {
+                self.check_interrupted()?;
+                let batch_started = Instant::now();
+                let next = sorted.next_batch()?;
+                sort_time += batch_started.elapsed();
+                let Some(batch) = next else {
+                    break;
+                };
+                let generation = &mut run.stages[Stage::M3uGeneration];
+                generation.channels_out += batch.len() as u64;
+                generation.count_batch(NativeStrategy::SortedWriter.name());
+                run.stats.channels_written += batch.len() as u64;
+                sink.write_batch(&batch)?;
+            }
+            run.stages[Stage::M3uGeneration].time_ms += sort_time.as_secs_f64() * 1e3;
+            run.stats.holds.push(sorted.stats().clone());
+        }
+        sink.finish()?;
+
+        let mut stats = run.stats;
+        stats.stages = run.stages.into_values().collect();
+        for (slot, before) in self.plugins.iter().zip(&plugin_baseline) {
+            let plugin = PluginStats::from_slot(slot).since(before);
+            stats.fuel_consumed += plugin.fuel;
+            stats.plugins.push(plugin);
+        }
+        stats.time_ms = started.elapsed().as_secs_f64() * 1e3;
+        stats.peak_rss_bytes = crate::memory::peak_rss_bytes();
+        Ok(stats)
+    }
+
+    /// Signals the start of a run to every plugin the plan uses, exactly
+    /// once per run: the plugin's `m3u_check_memory_pressure` (where the SDK
+    /// calls `Plugin::start_run`), whose answer can still decline the run.
+    /// Returns true if one declined or failed (it is then in `declined`).
+    fn start_plugins(&mut self, plans: &PerStage<StagePlan>, level: MemoryPressureLevel) -> bool {
+        let mut used: Vec<usize> = plans
+            .iter()
+            .flat_map(|(_, plan)| &plan.chain)
+            .filter_map(|candidate| match candidate {
+                Candidate::Plugins { chain, .. } => Some(chain.iter().copied()),
+                Candidate::Native(_) => None,
+            })
+            .flatten()
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        let max_failures = self
+            .config
+            .proxy_generation
+            .wasm_plugins
+            .fallbacks
+            .max_plugin_failures;
+        for index in used {
+            let slot = &mut self.plugins[index];
+            match slot.instance.accepts_pressure(level) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.declined
+                        .insert(index, format!("declines pressure {}", level.name()));
+                }
+                Err(error) => {
+                    slot.record_failure(&error, max_failures);
+                    self.declined
+                        .insert(index, format!("failed its pressure check: {error}"));
+                }
+            }
+        }
+        !self.declined.is_empty()
+    }
+
+    /// Stops the run between batches once `flag` is set (the CLI sets it on
+    /// Ctrl-C): the run returns [`ErrorKind::Interrupted`], its spill files
+    /// are gone, and a sink that writes a file leaves the old one in place.
+    pub fn set_interrupt_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.interrupt = Some(flag);
+    }
+
+    fn check_interrupted(&self) -> Result<()> {
+        match &self.interrupt {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(ErrorKind::Interrupted.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the pipeline and collects the channels.
+    ///
+    /// # Errors
+    /// See [`Pipeline::run`].
+    pub fn run_collect(&mut self, sources: Vec<Source>) -> Result<(Vec<OwnedChannel>, RunStats)> {
+        let mut sink = CollectSink::default();
+        let stats = self.run(sources, &mut sink)?;
+        Ok((sink.channels, stats))
+    }
+
+    /// Takes a batch through the stages from `from` on, until a stage holds
+    /// it or it reaches the sink. The memory pressure is read again for
+    /// each batch (the monitor caches it briefly): plugins see it in their
+    /// context, and holders move down a tier when it rises.
+    fn advance(
+        &mut self,
+        run: &mut RunState,
+        mut batch: Vec<OwnedChannel>,
+        from: Stage,
+        sink: &mut dyn ChannelSink,
+    ) -> Result<()> {
+        let level = self.monitor.level();
+        run.context.memory_pressure = level;
+        for stage in HOLDING_STAGES.into_iter().filter(|stage| *stage >= from) {
+            self.run_stage(run, stage, &mut batch)?;
+            if let Some(hold) = &mut run.holds[stage] {
+                return hold.push(batch, level);
+            }
+        }
+        if from <= Stage::ChannelNumbering {
+            if let Some(barrier) = &mut run.barrier {
+                let stage_started = Instant::now();
+                let explicit = reserve_explicit_numbers(&mut run.numberer, &mut batch);
+                run.stages[Stage::ChannelNumbering].channels_in += batch.len() as u64;
+                barrier.push(batch, explicit, level)?;
+                run.stages[Stage::ChannelNumbering].time_ms +=
+                    stage_started.elapsed().as_secs_f64() * 1e3;
+                return Ok(());
+            }
+            self.run_stage(run, Stage::ChannelNumbering, &mut batch)?;
+        }
+        self.finish_batch(run, batch, sink)
+    }
+
+    /// The generation stage, then the sink (or the sorter).
+    fn finish_batch(
+        &mut self,
+        run: &mut RunState,
+        mut batch: Vec<OwnedChannel>,
+        sink: &mut dyn ChannelSink,
+    ) -> Result<()> {
+        if let Some(sorter) = &mut run.sorter {
+            let started = Instant::now();
+            run.stages[Stage::M3uGeneration].channels_in += batch.len() as u64;
+            sorter.push(batch, self.monitor.level())?;
+            run.stages[Stage::M3uGeneration].time_ms += started.elapsed().as_secs_f64() * 1e3;
+            return Ok(());
+        }
+        self.run_stage(run, Stage::M3uGeneration, &mut batch)?;
+        run.stats.channels_written += batch.len() as u64;
+        sink.write_batch(&batch)
+    }
+
+    /// One batch through one stage: the chain's candidates in order until
+    /// one succeeds.
+    fn run_stage(
+        &mut self,
+        run: &mut RunState,
+        stage: Stage,
+        batch: &mut Vec<OwnedChannel>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        run.context.stage = stage;
+        run.context.batch_index = (run.stats.batches.saturating_sub(1)) as u32;
+        let channels_in = batch.len() as u64;
+        let fallbacks = &self.config.proxy_generation.wasm_plugins.fallbacks;
+        let (enable_fallbacks, max_failures) =
+            (fallbacks.enable_fallbacks, fallbacks.max_plugin_failures);
+        let normal_timeout =
+            Duration::from_secs(self.config.proxy_generation.wasm_plugins.timeout_seconds);
+        let fallback_timeout = Duration::from_millis(fallbacks.fallback_timeout_ms);
+        let mut used = None;
+        // Taken out for the loop (which updates `run`), put back after it;
+        // an error ends the run, so nothing needs it then.
+        let candidates = std::mem::take(&mut run.plans[stage].chain);
+        for (position, candidate) in candidates.iter().enumerate() {
+            let (chain, then) = match candidate {
+                Candidate::Native(native) => {
+                    self.apply_native(*native, batch, &mut run.numberer, &mut run.seen_keys);
+                    used = Some(native.name().to_string());
+                    break;
+                }
+                Candidate::Plugins { chain, then } => (chain, then),
+            };
+            if chain.iter().any(|&index| self.plugins[index].disabled) {
+                continue;
+            }
+            let timeout = if position == 0 {
+                normal_timeout
+            } else {
+                fallback_timeout.min(normal_timeout)
+            };
+            // A single plugin leaves a batch it fails on untouched; a chain
+            // keeps the stage's input to give the next candidate.
+            let stage_input = (chain.len() > 1).then(|| batch.clone());
+            let mut failed = None;
+            for &index in chain {
+                let slot = &mut self.plugins[index];
+                slot.instance.set_call_timeout(timeout);
+                run.stats.plugin_calls += 1;
+                match slot.run(stage, &run.context, batch) {
+                    Ok(()) => {}
+                    Err(error) if error.is_plugin_failure() => {
+                        failed = Some((index, error));
+                        break;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            let Some((index, error)) = failed else {
+                for &index in chain {
+                    self.plugins[index].record_success();
+                }
+                if let Some(native) = then {
+                    self.apply_native(*native, batch, &mut run.numberer, &mut run.seen_keys);
+                }
+                used = Some(self.candidate_name(candidate));
+                break;
+            };
+            if let Some(input) = stage_input {
+                *batch = input;
+            }
+            run.stats.plugin_failures += 1;
+            let slot = &mut self.plugins[index];
+            log::warn!(
+                "plugin `{}` failed on batch {} of {}: {error}",
+                slot.name(),
+                run.context.batch_index,
+                stage.name()
+            );
+            if slot.record_failure(&error, max_failures) {
+                log::warn!(
+                    "plugin `{}` switched off after {} failures (max_plugin_failures)",
+                    slot.name(),
+                    slot.failures
+                );
+            }
+            if aborted_mid_call(&error) {
+                self.respawn(index);
+            }
+            if !enable_fallbacks {
+                return Err(error);
+            }
+            run.stats.fallbacks += 1;
+        }
+        run.plans[stage].chain = candidates;
+        let stage_stats = &mut run.stages[stage];
+        if let Some(name) = used {
+            stage_stats.count_batch(&name);
+        }
+        stage_stats.channels_in += channels_in;
+        stage_stats.channels_out += batch.len() as u64;
+        stage_stats.time_ms += started.elapsed().as_secs_f64() * 1e3;
+        Ok(())
+    }
+
+    fn apply_native(
+        &self,
+        native: NativeStrategy,
+        batch: &mut Vec<OwnedChannel>,
+        numberer: &mut ChannelNumberer,
+        seen_keys: &mut HashSet<u64>,
+    ) {
+        match native {
+            NativeStrategy::Mapping | NativeStrategy::ZstdCompression => {
+                if !self.rules.mapper.is_empty() {
+                    for channel in batch.iter_mut() {
+                        self.rules.mapper.apply(channel);
+                    }
+                }
+            }
+            NativeStrategy::ParallelMapping => {
+                if !self.rules.mapper.is_empty() {
+                    map_in_parallel(&self.rules.mapper, batch);
+                }
+            }
+            // inmemory_filter filters each batch as it comes; the stage's
+            // hold keeps the result until the input ends (and removes
+            // duplicates over the whole playlist there).
+            NativeStrategy::InMemoryFilter => {
+                if !self.rules.filters.is_empty() {
+                    batch.retain(|channel| self.rules.filters.keeps(channel));
+                }
+            }
+            NativeStrategy::Filter | NativeStrategy::RedisSpill => {
+                if !self.rules.filters.is_empty() {
+                    batch.retain(|channel| self.rules.filters.keeps(channel));
+                }
+                if let Some(dedup) = &self.rules.dedup {
+                    dedup.retain_first(batch, seen_keys);
+                }
+            }
+            NativeStrategy::BitmaskFilter => {
+                if !self.rules.filters.is_empty() {
+                    let keep = keep_bitmask(&self.rules.filters, batch);
+                    let mut index = 0;
+                    batch.retain(|_| {
+                        let kept = keep[index / 64] & (1 << (index % 64)) != 0;
+                        index += 1;
+                        kept
+                    });
+                }
+                if let Some(dedup) = &self.rules.dedup {
+                    dedup.retain_first(batch, seen_keys);
+                }
+            }
+            // As a per-batch fallback the in-memory numbering runs streaming:
+            // the barrier (where it differs) only exists when it runs first.
+            NativeStrategy::StreamingNumbering | NativeStrategy::InMemoryNumbering => {
+                for channel in batch.iter_mut() {
+                    numberer.assign(channel);
+                }
+            }
+            // Reading, holding and writing happen around the stages; as
+            // stage steps these leave the batch as it is.
+            NativeStrategy::StreamingSource
+            | NativeStrategy::InMemorySource
+            | NativeStrategy::CloudSpill
+            | NativeStrategy::StreamingWriter
+            | NativeStrategy::SortedWriter => {}
+        }
+    }
+}
+
+/// The `[filtering]` filters as a keep bitmask (bit `i % 64` of word
+/// `i / 64` set: keep channel `i`), the form a plugin filter answers in.
+fn keep_bitmask(filters: &FilterSet, batch: &[OwnedChannel]) -> Vec<u64> {
+    let mut keep = vec![0u64; batch.len().div_ceil(64)];
+    for (index, channel) in batch.iter().enumerate() {
+        if filters.keeps(channel) {
+            keep[index / 64] |= 1 << (index % 64);
+        }
+    }
+    keep
+}
+
+/// Below this many channels per worker, threads cost more than they save.
+const PARALLEL_MIN_CHANNELS_PER_WORKER: usize = 256;
+
+/// The `[mapping]` rules over a batch split among the machine's cores;
+/// channels stay in place, so the order is the input's.
+fn map_in_parallel(mapper: &Mapper, batch: &mut [OwnedChannel]) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = cores
+        .min(batch.len() / PARALLEL_MIN_CHANNELS_PER_WORKER)
+        .max(1);
+    if workers == 1 {
+        for channel in batch.iter_mut() {
+            mapper.apply(channel);
+        }
+        return;
+    }
+    let chunk = batch.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        for part in batch.chunks_mut(chunk) {
+            scope.spawn(move || {
+                for channel in part.iter_mut() {
+                    mapper.apply(channel);
+                }
+            });
+        }
+    });
+}
+
+/// The stages that can hold what passes them as a queue (the numbering
+/// barrier and the sorted writer have holds of their own).
+const HOLDING_STAGES: [Stage; 3] = [Stage::SourceLoading, Stage::DataMapping, Stage::Filtering];
+
+struct RunState {
+    stats: RunStats,
+    /// Each stage's counters (moved into `stats` when the run ends).
+    stages: PerStage<StageStats>,
+    context: StageContext<'static>,
+    numberer: ChannelNumberer,
+    /// Keys seen by the streaming native dedup (`[filtering.dedup]`).
+    seen_keys: HashSet<u64>,
+    /// What source_loading, data_mapping and filtering hold until the input
+    /// ends (`inmemory_full`, `zstd_compression`, `inmemory_filter`).
+    holds: PerStage<Option<StageHold>>,
+    /// The numbering barrier (`inmemory_numbering`), with each batch's
+    /// explicit-number bits.
+    barrier: Option<BatchQueue<Vec<u64>>>,
+    /// The external sort (`sorted_writer`).
+    sorter: Option<ExternalSorter>,
+    plans: PerStage<StagePlan>,
+}
+
+/// What a stage holds until the input ends.
+enum StageHold {
+    /// The batches as they came (`inmemory_full`, `zstd_compression`,
+    /// `inmemory_filter` without dedup).
+    Queue(BatchQueue),
+    /// `inmemory_filter` with `[filtering.dedup]`: duplicates removed over
+    /// the whole playlist.
+    Dedup(PlaylistDedup),
+}
+
+impl StageHold {
+    fn push(&mut self, batch: Vec<OwnedChannel>, level: MemoryPressureLevel) -> Result<()> {
+        match self {
+            StageHold::Queue(queue) => queue.push(batch, (), level),
+            StageHold::Dedup(dedup) => dedup.push(batch, level),
+        }
+    }
+
+    fn pop(&mut self, level: MemoryPressureLevel) -> Result<Option<Vec<OwnedChannel>>> {
+        match self {
+            StageHold::Queue(queue) => Ok(queue.pop()?.map(|(batch, ())| batch)),
+            StageHold::Dedup(dedup) => dedup.pop(level),
+        }
+    }
+
+    fn stats(&self) -> Vec<HoldStats> {
+        match self {
+            StageHold::Queue(queue) => vec![queue.stats()],
+            StageHold::Dedup(dedup) => dedup.stats(),
+        }
+    }
+}

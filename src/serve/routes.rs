@@ -1,0 +1,285 @@
+//! The HTTP side of `serve`: the worker threads, routing a request to its
+//! [`Reply`] from the shared state only, and the `/health` JSON
+//! ([`render_health`], serialised from [`Health`]).
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{render_metrics, PluginSnapshot, Shared, Snapshot, STOP_CHECK};
+use crate::pipeline::PluginStats;
+
+/// Takes requests until the stop flag is set.
+pub(super) fn http_worker(http: &tiny_http::Server, shared: &Shared) {
+    while !shared.stopped() {
+        match http.recv_timeout(STOP_CHECK) {
+            Ok(Some(request)) => {
+                let reply = route(request.method(), request.url(), shared);
+                log::debug!("{} {} -> {}", request.method(), request.url(), reply.status);
+                if let Err(error) = request.respond(reply.into_response()) {
+                    log::debug!("could not send a response: {error}");
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                log::warn!("http listener: {error}");
+                std::thread::sleep(STOP_CHECK);
+            }
+        }
+    }
+}
+
+/// A response body: the shared playlist without copying it, or owned bytes.
+enum Body {
+    Playlist(Arc<Vec<u8>>),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Body::Playlist(bytes) => bytes,
+            Body::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// What a request is answered with.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Body,
+    allow_get: bool,
+}
+
+impl Reply {
+    fn text(status: u16, message: &str) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: Body::Owned(format!("{message}\n").into_bytes()),
+            allow_get: false,
+        }
+    }
+
+    fn into_response(self) -> tiny_http::Response<Cursor<Body>> {
+        let header = |name: &str, value: &str| {
+            tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+                .expect("static header names and values are valid")
+        };
+        let mut headers = vec![
+            header("Content-Type", self.content_type),
+            header("Cache-Control", "no-cache"),
+        ];
+        if self.allow_get {
+            headers.push(header("Allow", "GET"));
+        }
+        let length = self.body.as_ref().len();
+        tiny_http::Response::new(
+            tiny_http::StatusCode(self.status),
+            headers,
+            Cursor::new(self.body),
+            Some(length),
+            None,
+        )
+        // Always send Content-Length, never chunked.
+        .with_chunked_threshold(usize::MAX)
+    }
+}
+
+/// Answers one request from the shared state.
+fn route(method: &tiny_http::Method, url: &str, shared: &Shared) -> Reply {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    if !matches!(path, "/playlist.m3u" | "/health" | "/metrics") {
+        return Reply::text(404, "not found: try /playlist.m3u, /health or /metrics");
+    }
+    if *method != tiny_http::Method::Get {
+        let mut reply = Reply::text(405, "method not allowed: use GET");
+        reply.allow_get = true;
+        return reply;
+    }
+    match path {
+        "/playlist.m3u" => match shared.playlist() {
+            Some(playlist) => Reply {
+                status: 200,
+                content_type: "audio/x-mpegurl",
+                body: Body::Playlist(playlist),
+                allow_get: false,
+            },
+            None => Reply::text(503, "the playlist has not been generated yet"),
+        },
+        "/health" => Reply {
+            status: 200,
+            content_type: "application/json",
+            body: Body::Owned(render_health(&shared.snapshot()).into_bytes()),
+            allow_get: false,
+        },
+        _ => Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: Body::Owned(render_metrics(&shared.snapshot()).into_bytes()),
+            allow_get: false,
+        },
+    }
+}
+
+/// The `/health` document: the snapshot's counts and state, two figures of
+/// the last successful run, and every loaded plugin.
+#[derive(Serialize)]
+struct Health<'a> {
+    /// `"ok"` or `"degraded"` ([`Snapshot::status`]).
+    status: &'static str,
+    generations: u64,
+    failures: u64,
+    last_error: Option<&'a str>,
+    last_generation_failed: bool,
+    seconds_since_last_success: Option<f64>,
+    playlist_bytes: u64,
+    /// Of the last successful run ([`crate::pipeline::RunStats`]).
+    channels_written: Option<u64>,
+    /// Of the last successful run.
+    memory_pressure: Option<&'a str>,
+    plugin_load_errors: &'a [String],
+    plugins: Vec<HealthPlugin<'a>>,
+}
+
+/// One plugin in `/health`: every key of its [`PluginStats`] (the same as in
+/// `--stats-json`, counted since the file was loaded), its file and
+/// signature state, and two keys `/health` has always had.
+#[derive(Serialize)]
+struct HealthPlugin<'a> {
+    #[serde(flatten)]
+    stats: &'a PluginStats,
+    /// The file, as displayed (lossy for paths that are not UTF-8).
+    path: String,
+    /// `unsigned` or `signed`.
+    signature: &'a str,
+    /// The circuit state: the same as `disabled`.
+    circuit_open: bool,
+    /// `time_us` in seconds.
+    time_seconds: f64,
+}
+
+impl<'a> HealthPlugin<'a> {
+    fn of(plugin: &'a PluginSnapshot) -> Self {
+        HealthPlugin {
+            stats: &plugin.stats,
+            path: plugin.path.display().to_string(),
+            signature: &plugin.signature,
+            circuit_open: plugin.stats.disabled,
+            time_seconds: plugin.stats.time_seconds(),
+        }
+    }
+}
+
+impl<'a> Health<'a> {
+    fn of(snapshot: &'a Snapshot) -> Self {
+        let run = snapshot.last_run.as_ref();
+        Health {
+            status: snapshot.status(),
+            generations: snapshot.generations,
+            failures: snapshot.failures,
+            last_error: snapshot.last_error.as_deref(),
+            last_generation_failed: snapshot.last_generation_failed,
+            seconds_since_last_success: snapshot.seconds_since_last_success(),
+            playlist_bytes: snapshot.playlist_bytes,
+            channels_written: run.map(|r| r.channels_written),
+            memory_pressure: run.map(|r| r.memory_pressure.as_str()),
+            plugin_load_errors: &snapshot.plugin_load_errors,
+            plugins: snapshot.plugins.iter().map(HealthPlugin::of).collect(),
+        }
+    }
+}
+
+/// The `/health` JSON of a snapshot (pretty-printed, with a final newline).
+pub fn render_health(snapshot: &Snapshot) -> String {
+    let mut text =
+        serde_json::to_string_pretty(&Health::of(snapshot)).unwrap_or_else(|_| "{}".to_string());
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::tests::snapshot;
+
+    #[test]
+    fn routes_answer_404_405_and_503_before_the_first_playlist() {
+        let shared = Shared::default();
+        let get = tiny_http::Method::Get;
+        assert_eq!(route(&get, "/playlist.m3u", &shared).status, 503);
+        assert_eq!(route(&get, "/nope", &shared).status, 404);
+        assert_eq!(route(&get, "/", &shared).status, 404);
+        let post = route(&tiny_http::Method::Post, "/playlist.m3u", &shared);
+        assert_eq!((post.status, post.allow_get), (405, true));
+        *shared.playlist.write().unwrap() = Some(Arc::new(b"#EXTM3U\n".to_vec()));
+        let reply = route(&get, "/playlist.m3u?x=1", &shared);
+        assert_eq!((reply.status, reply.content_type), (200, "audio/x-mpegurl"));
+        assert_eq!(reply.body.as_ref(), b"#EXTM3U\n");
+        let health = route(&get, "/health", &shared);
+        let json: serde_json::Value = serde_json::from_slice(health.body.as_ref()).unwrap();
+        assert_eq!(json["status"], "ok");
+        assert_eq!(json["generations"], 0);
+    }
+
+    #[test]
+    fn health_reports_degraded_and_the_plugin_figures() {
+        let json: serde_json::Value = serde_json::from_str(&render_health(&snapshot())).unwrap();
+        assert_eq!(json["status"], "degraded");
+        assert_eq!(json["plugins"][0]["circuit_open"], true);
+        assert_eq!(json["plugins"][0]["signature"], "unsigned");
+        assert_eq!(json["last_error"], "boom");
+        assert!(json["seconds_since_last_success"].as_f64().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn health_keeps_every_key_and_shows_the_plugin_stats() {
+        let json: serde_json::Value = serde_json::from_str(&render_health(&snapshot())).unwrap();
+        for key in [
+            "status",
+            "generations",
+            "failures",
+            "last_error",
+            "last_generation_failed",
+            "seconds_since_last_success",
+            "playlist_bytes",
+            "channels_written",
+            "memory_pressure",
+            "plugin_load_errors",
+            "plugins",
+        ] {
+            assert!(json.get(key).is_some(), "/health lost `{key}`: {json:#}");
+        }
+        assert_eq!(json["channels_written"], 10_000);
+        assert_eq!(json["memory_pressure"], "high");
+        let plugin = &json["plugins"][0];
+        let expected = serde_json::json!({
+            "name": "we\"ird\\na\nme",
+            "version": "1.0.0",
+            "path": "/p/weird.wasm",
+            "calls": 12,
+            "fuel": 18_446_744_073_709_551_615_u64,
+            "failures": 3,
+            "circuit_open": true,
+            "last_error": null,
+            "time_seconds": 1.5,
+            "bytes_in": 5,
+            "bytes_out": 6,
+            "signature": "unsigned",
+        });
+        for (key, value) in expected.as_object().unwrap() {
+            assert_eq!(&plugin[key], value, "plugin key `{key}`: {plugin:#}");
+        }
+        // The rest of `PluginStats`, as in `--stats-json`.
+        assert_eq!(plugin["disabled"], true);
+        assert_eq!(plugin["time_us"], 1_500_000);
+        assert!(plugin["failures_by_kind"].is_object());
+        let empty: serde_json::Value =
+            serde_json::from_str(&render_health(&Snapshot::default())).unwrap();
+        assert_eq!(empty["channels_written"], serde_json::Value::Null);
+        assert_eq!(empty["seconds_since_last_success"], serde_json::Value::Null);
+        assert_eq!(empty["plugins"], serde_json::json!([]));
+    }
+}
