@@ -1,6 +1,6 @@
 //! Bad input to the host itself: damaged playlists through the whole
 //! pipeline, and configuration that is wrong in every way the other tests do
-//! not already cover (see src/config.rs, pipeline.rs and cli.rs for those).
+//! not already cover (see src/config/, pipeline.rs and cli.rs for those).
 //!
 //! Playlists: every valid entry comes out, in order; every damaged one is
 //! skipped and counted in `malformed_entries`; the counters add up. Config:
