@@ -87,6 +87,7 @@ impl Pipeline {
             barrier: None,
             sorter: None,
             plans,
+            next_index: 0,
         };
         for (stage, plan) in run.plans.iter() {
             let Some((native, tier_plan)) = &plan.hold else {
@@ -145,7 +146,8 @@ impl Pipeline {
             }
             run.stats.batches += 1;
             run.stats.channels_loaded += batch.len() as u64;
-            self.advance(&mut run, batch, Stage::SourceLoading, sink)?;
+            let index = run.next_batch_index();
+            self.advance(&mut run, (index, batch), Stage::SourceLoading, sink)?;
         }
         run.stats.malformed_entries = loader.malformed;
         run.stages[Stage::SourceLoading].time_ms += loading_time.as_secs_f64() * 1e3;
@@ -158,7 +160,7 @@ impl Pipeline {
             let Some(mut hold) = run.holds[stage].take() else {
                 continue;
             };
-            while let Some(batch) = hold.pop(self.monitor.level())? {
+            while let Some(batch) = hold.pop(self.monitor.level(), &mut run.next_index)? {
                 self.check_interrupted()?;
                 self.advance(&mut run, batch, *next, sink)?;
             }
@@ -167,7 +169,7 @@ impl Pipeline {
         if let Some(mut barrier) = run.barrier.take() {
             // Batch by batch: each is read back, numbered and sent on before
             // the next is touched.
-            while let Some((mut channels, explicit)) = barrier.pop()? {
+            while let Some((mut channels, (index, explicit))) = barrier.pop()? {
                 self.check_interrupted()?;
                 let stage_started = Instant::now();
                 number_the_rest(&mut run.numberer, &mut channels, &explicit);
@@ -175,6 +177,7 @@ impl Pipeline {
                 numbering.channels_out += channels.len() as u64;
                 numbering.count_batch(NativeStrategy::InMemoryNumbering.name());
                 numbering.time_ms += stage_started.elapsed().as_secs_f64() * 1e3;
+                run.context.batch_index = index;
                 self.finish_batch(&mut run, channels, sink)?;
             }
             run.stats.holds.push(barrier.stats());
@@ -281,20 +284,22 @@ impl Pipeline {
     /// Takes a batch through the stages from `from` on, until a stage holds
     /// it or it reaches the sink. The memory pressure is read again for
     /// each batch (the monitor caches it briefly): plugins see it in their
-    /// context, and holders move down a tier when it rises.
+    /// context, and holders move down a tier when it rises. A batch keeps
+    /// its index (the context's `batch_index`) through the holds.
     fn advance(
         &mut self,
         run: &mut RunState,
-        mut batch: Vec<OwnedChannel>,
+        (index, mut batch): (u32, Vec<OwnedChannel>),
         from: Stage,
         sink: &mut dyn ChannelSink,
     ) -> Result<()> {
         let level = self.monitor.level();
         run.context.memory_pressure = level;
+        run.context.batch_index = index;
         for stage in HOLDING_STAGES.into_iter().filter(|stage| *stage >= from) {
             self.run_stage(run, stage, &mut batch)?;
             if let Some(hold) = &mut run.holds[stage] {
-                return hold.push(batch, level);
+                return hold.push(index, batch, level);
             }
         }
         if from <= Stage::ChannelNumbering {
@@ -302,7 +307,7 @@ impl Pipeline {
                 let stage_started = Instant::now();
                 let explicit = reserve_explicit_numbers(&mut run.numberer, &mut batch);
                 run.stages[Stage::ChannelNumbering].channels_in += batch.len() as u64;
-                barrier.push(batch, explicit, level)?;
+                barrier.push(batch, (index, explicit), level)?;
                 run.stages[Stage::ChannelNumbering].time_ms +=
                     stage_started.elapsed().as_secs_f64() * 1e3;
                 return Ok(());
@@ -341,7 +346,6 @@ impl Pipeline {
     ) -> Result<()> {
         let started = Instant::now();
         run.context.stage = stage;
-        run.context.batch_index = (run.stats.batches.saturating_sub(1)) as u32;
         let channels_in = batch.len() as u64;
         let fallbacks = &self.config.proxy_generation.wasm_plugins.fallbacks;
         let (enable_fallbacks, max_failures) =
@@ -559,34 +563,60 @@ struct RunState {
     holds: PerStage<Option<StageHold>>,
     /// The numbering barrier (`inmemory_numbering`), with each batch's
     /// explicit-number bits.
-    barrier: Option<BatchQueue<Vec<u64>>>,
+    barrier: Option<BatchQueue<(u32, Vec<u64>)>>,
     /// The external sort (`sorted_writer`).
     sorter: Option<ExternalSorter>,
     plans: PerStage<StagePlan>,
+    /// The index the next batch read (or made by a hold that regroups
+    /// channels) gets.
+    next_index: u32,
+}
+
+impl RunState {
+    fn next_batch_index(&mut self) -> u32 {
+        let index = self.next_index;
+        self.next_index = self.next_index.saturating_add(1);
+        index
+    }
 }
 
 /// What a stage holds until the input ends.
 enum StageHold {
-    /// The batches as they came (`inmemory_full`, `zstd_compression`,
-    /// `inmemory_filter` without dedup).
-    Queue(BatchQueue),
+    /// The batches as they came, each with its index (`inmemory_full`,
+    /// `zstd_compression`, `inmemory_filter` without dedup).
+    Queue(BatchQueue<u32>),
     /// `inmemory_filter` with `[filtering.dedup]`: duplicates removed over
     /// the whole playlist.
     Dedup(PlaylistDedup),
 }
 
 impl StageHold {
-    fn push(&mut self, batch: Vec<OwnedChannel>, level: MemoryPressureLevel) -> Result<()> {
+    fn push(
+        &mut self,
+        index: u32,
+        batch: Vec<OwnedChannel>,
+        level: MemoryPressureLevel,
+    ) -> Result<()> {
         match self {
-            StageHold::Queue(queue) => queue.push(batch, (), level),
+            StageHold::Queue(queue) => queue.push(batch, index, level),
             StageHold::Dedup(dedup) => dedup.push(batch, level),
         }
     }
 
-    fn pop(&mut self, level: MemoryPressureLevel) -> Result<Option<Vec<OwnedChannel>>> {
+    /// The next held batch with its index; the dedup hold regroups
+    /// channels, so its batches get new indexes from `next_index`.
+    fn pop(
+        &mut self,
+        level: MemoryPressureLevel,
+        next_index: &mut u32,
+    ) -> Result<Option<(u32, Vec<OwnedChannel>)>> {
         match self {
-            StageHold::Queue(queue) => Ok(queue.pop()?.map(|(batch, ())| batch)),
-            StageHold::Dedup(dedup) => dedup.pop(level),
+            StageHold::Queue(queue) => Ok(queue.pop()?.map(|(batch, index)| (index, batch))),
+            StageHold::Dedup(dedup) => Ok(dedup.pop(level)?.map(|batch| {
+                let index = *next_index;
+                *next_index = next_index.saturating_add(1);
+                (index, batch)
+            })),
         }
     }
 

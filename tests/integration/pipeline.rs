@@ -387,6 +387,29 @@ fn failing_plugin_batches_fall_back_and_the_output_equals_the_native_run() {
 }
 
 #[test]
+fn a_batch_keeps_its_index_through_the_holds() {
+    let dir = plugin_dir(&["batch_stamp"]);
+    // Held after source_loading (and at critical pressure, on disk): the
+    // plugin at data_mapping still sees each batch's own index.
+    let held = "[pipeline]\nbatch_size = 1000\n\
+        [proxy_generation.wasm_plugins.strategies]\n\
+        source_loading = [\"inmemory_full\"]\n\
+        data_mapping = [\"batch_stamp\"]\n";
+    for level in [MemoryPressureLevel::Optimal, MemoryPressureLevel::Critical] {
+        let (out, stats) = run(config(&dir, held), level);
+        assert_eq!(stats.batches, 11);
+        for (position, channel) in out.iter().enumerate() {
+            let expected = (position / 1000).to_string();
+            assert_eq!(
+                channel.attribute("x-batch"),
+                Some(expected.as_str()),
+                "{level:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_chained_strategy_runs_each_plugin_in_order_on_every_batch() {
     let dir = plugin_dir(&["tagger_a", "group_normalizer"]);
     let settings = "[plugins.group_normalizer]\nempty_group = \"Other\"\n";
