@@ -131,3 +131,17 @@ pub fn runtime_with(limits: RuntimeLimits, allowlist: &[String]) -> PluginRuntim
 pub fn default_runtime() -> PluginRuntime {
     runtime_with(RuntimeLimits::default(), &default_allowlist())
 }
+
+/// Compiles `wasm` under `runtime` (whose allowlist lacks `get_config`) and
+/// checks that the plugin does not import it: SDK plugins get their
+/// configuration at init.
+pub fn assert_compiles_without_get_config(runtime: &PluginRuntime, wasm: &[u8]) {
+    let compiled = runtime
+        .compile(wasm)
+        .unwrap_or_else(|error| panic!("refused without get_config on the allowlist: {error}"));
+    let imports = compiled.imports();
+    assert!(
+        !imports.iter().any(|import| import == "host.get_config"),
+        "{imports:?}"
+    );
+}

@@ -1060,14 +1060,7 @@ fn config_errors_fail_init_and_say_what_is_allowed() {
         RuntimeLimits::default(),
         &super::common::default_allowlist(),
     );
-    let compiled = runtime
-        .compile(&wasm)
-        .unwrap_or_else(|error| panic!("refused without get_config on the allowlist: {error}"));
-    let imports = compiled.imports();
-    assert!(
-        !imports.iter().any(|import| import == "host.get_config"),
-        "{imports:?}"
-    );
+    super::common::assert_compiles_without_get_config(&runtime, &wasm);
     let Err(error) = runtime.load(&wasm, "dedup", &settings("keep = \"last\"\n")) else {
         panic!("keep = \"last\" loaded without get_config on the allowlist");
     };

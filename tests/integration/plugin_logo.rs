@@ -460,14 +460,7 @@ fn declares_data_mapping_and_reads_only_four_fields() {
     // under the default allowlist (which lacks it) with its settings in
     // effect.
     let runtime = default_runtime();
-    let compiled = runtime
-        .compile(&wasm)
-        .unwrap_or_else(|error| panic!("refused without get_config on the allowlist: {error}"));
-    let imports = compiled.imports();
-    assert!(
-        !imports.iter().any(|import| import == "host.get_config"),
-        "{imports:?}"
-    );
+    super::common::assert_compiles_without_get_config(&runtime, &wasm);
     let values = pairs(&[
         (
             "by_name",

@@ -924,14 +924,7 @@ fn config_errors_fail_init_with_clear_messages() {
     // effect.
     let (wasm, path) = example_plugin("sports_optimizer.wasm");
     let runtime = default_runtime();
-    let compiled = runtime
-        .compile(&wasm)
-        .unwrap_or_else(|error| panic!("refused without get_config on the allowlist: {error}"));
-    let imports = compiled.imports();
-    assert!(
-        !imports.iter().any(|import| import == "host.get_config"),
-        "{imports:?}"
-    );
+    super::common::assert_compiles_without_get_config(&runtime, &wasm);
     for (key, value, message) in [cases[0], cases[10], cases[11]] {
         let Err(error) = runtime.load(&wasm, PLUGIN, &settings(&[(key, value)])) else {
             panic!("{key} = {value:?} loaded without get_config on the allowlist");
