@@ -116,7 +116,10 @@ fn compare(
             // A new pipeline run: the host asks about the pressure first.
             plugin
                 .instance
-                .accepts_pressure(MemoryPressureLevel::Optimal)
+                .accepts_pressure(
+                    MemoryPressureLevel::Optimal,
+                    &m3u_plugin_host::abi::RunContext::default(),
+                )
                 .expect("pressure check");
         }
         plugin

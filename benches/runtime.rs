@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use m3u_plugin_host::abi::{FieldSet, MemoryPressureLevel, Stage, StageContext, StageInput};
+use m3u_plugin_host::abi::{
+    encode_stage_input, InputHeader, MemoryPressureLevel, RunContext, Stage, StageContext,
+};
 use m3u_plugin_host::pipeline::PluginSlot;
 use m3u_plugin_host::runtime::{PluginInstance, PluginRuntime, PluginSettings, RuntimeLimits};
 use m3u_plugin_host::OwnedChannel;
@@ -24,6 +26,16 @@ fn plugin_bytes(file: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("M3U_EXAMPLE_PLUGIN_DIR")).join(file);
     std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (run `cargo build` first)", path.display()))
+}
+
+/// A plugin of `tests/plugins/` (the README's example filter lives there).
+fn test_plugin(runtime: &PluginRuntime, file: &str) -> PluginInstance {
+    let path = PathBuf::from(env!("M3U_TEST_PLUGIN_DIR")).join(file);
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo build` first)", path.display()));
+    runtime
+        .load(&bytes, file, &PluginSettings::new())
+        .expect("plugin loads")
 }
 
 fn runtime() -> PluginRuntime {
@@ -79,12 +91,9 @@ fn native_normalize_batch(batch: &mut [OwnedChannel]) {
 fn call_overhead(c: &mut Criterion) {
     let runtime = runtime();
     let mut instance = load(&runtime, "passthrough.wasm");
-    let empty = postcard::to_allocvec(&StageInput {
-        context: context(),
-        fields: FieldSet::NONE,
-        channels: Vec::new(),
-    })
-    .unwrap();
+    let mut empty = vec![0u8; 64];
+    let len = encode_stage_input(&mut empty, InputHeader::default(), &[]).unwrap();
+    empty.truncate(len);
     let mut group = c.benchmark_group("call_overhead");
     group.bench_function("empty_stage_call", |b| {
         b.iter(|| {
@@ -97,7 +106,10 @@ fn call_overhead(c: &mut Criterion) {
     group.bench_function("check_memory_pressure", |b| {
         b.iter(|| {
             instance
-                .accepts_pressure(black_box(MemoryPressureLevel::Moderate))
+                .accepts_pressure(
+                    black_box(MemoryPressureLevel::Moderate),
+                    &RunContext::default(),
+                )
                 .unwrap()
         })
     });
@@ -144,6 +156,14 @@ fn throughput(c: &mut Criterion) {
         b.iter_batched_ref(
             || batch.clone(),
             |batch| passthrough.run(Stage::Filtering, &ctx, batch).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut drop_adult = PluginSlot::new(test_plugin(&runtime, "drop_adult.wasm"), PathBuf::new());
+    group.bench_function("filter/drop_adult_wasm", |b| {
+        b.iter_batched_ref(
+            || batch.clone(),
+            |batch| drop_adult.run(Stage::Filtering, &ctx, batch).unwrap(),
             criterion::BatchSize::SmallInput,
         )
     });
@@ -196,6 +216,13 @@ fn ratios() {
     let filter_fuel = per_channel(fuel_of(&passthrough) - fuel_before);
     let native_filter = time(&mut |batch| batch.retain(|c| black_box(c).id != 0));
 
+    let mut drop_adult = PluginSlot::new(test_plugin(&runtime, "drop_adult.wasm"), PathBuf::new());
+    let fuel_before = fuel_of(&drop_adult);
+    let wasm_one_field = time(&mut |batch| drop_adult.run(Stage::Filtering, &ctx, batch).unwrap());
+    let one_field_fuel = per_channel(fuel_of(&drop_adult) - fuel_before);
+    let native_one_field =
+        time(&mut |batch| batch.retain(|c| !c.group_title.to_ascii_lowercase().contains("adult")));
+
     let mut normalizer = PluginSlot::new(load(&runtime, "group_normalizer.wasm"), PathBuf::new());
     let fuel_before = fuel_of(&normalizer);
     let wasm_map = time(&mut |batch| normalizer.run(Stage::DataMapping, &ctx, batch).unwrap());
@@ -203,9 +230,17 @@ fn ratios() {
     let native_map = time(&mut |batch| native_normalize_batch(batch));
 
     let mut rewriter = PluginSlot::new(load(&runtime, "url_rewriter.wasm"), PathBuf::new());
+    // The base URL reaches the plugin with the run's context.
+    let run = RunContext {
+        base_url: "http://nas.local:8080".into(),
+        ..RunContext::default()
+    };
+    assert!(rewriter
+        .instance
+        .accepts_pressure(MemoryPressureLevel::Optimal, &run)
+        .unwrap());
     let rewrite_ctx = StageContext {
         stage: Stage::M3uGeneration,
-        base_url: "http://nas.local:8080".into(),
         ..context()
     };
     let fuel_before = fuel_of(&rewriter);
@@ -229,9 +264,15 @@ fn ratios() {
             native_filter,
             filter_fuel,
         ),
+        (
+            "filter  drop_adult      ",
+            wasm_one_field,
+            native_one_field,
+            one_field_fuel,
+        ),
         ("mapping group_normalizer", wasm_map, native_map, map_fuel),
         (
-            "whole   url_rewriter    ",
+            "patch   url_rewriter    ",
             wasm_rewrite,
             native_rewrite,
             rewrite_fuel,

@@ -98,7 +98,7 @@ fn echo_plugin(reads: FieldSet, output: &[u8]) -> Vec<u8> {
     let pages = (OUT + output.len()) / 65536 + 1;
     let wat = format!(
         r#"(module
-  (@custom "m3u_abi_version" "\01\00\00\00")
+  (@custom "m3u_abi_version" "\02\00\00\00")
   (import "host" "write_channels" (func $write (param i32 i32) (result i32)))
   (memory (export "memory") {pages})
   (data (i32.const 0) "{info_data}")

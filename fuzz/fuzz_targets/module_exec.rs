@@ -42,8 +42,8 @@ use wasmi::{
 
 const FUEL: u64 = 100_000;
 const MEMORY_LIMIT: usize = 2 << 20;
-/// `m3u_abi_version` = 1 (docs/ABI.md §1).
-const ABI_SECTION: &[u8] = b"\x00\x14\x0fm3u_abi_version\x01\x00\x00\x00";
+/// `m3u_abi_version` = 2 (docs/ABI.md §1).
+const ABI_SECTION: &[u8] = b"\x00\x14\x0fm3u_abi_version\x02\x00\x00\x00";
 
 const PLUGIN_EXPORTS: &str = r#"(module
   (memory (export "memory") 1)

@@ -1,17 +1,21 @@
-//! Running one batch through a plugin: encode the fields it reads, call it,
-//! check its answer against the batch, and only then apply it. A rejected
-//! answer leaves the batch untouched, so the next strategy sees the same input.
+//! Running one batch through a plugin: write the fields it reads into its
+//! arena as columns, call it, check its answer against the batch, and only
+//! then apply it. A rejected answer leaves the batch untouched, so the next
+//! strategy sees the same input.
 
-use std::borrow::Cow;
-use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use m3u_proxy_plugin_abi::{
-    keep_mask_get, keep_mask_len, wire_tags, Channel, FieldSet, Patch, PatchOp, Stage,
-    StageContext, StageInputView, StageOutput,
+    apply, encode_stage_input, wire_tags, AnswerLimits, InputHeader, MemoryPressureLevel,
+    RunContext, Stage, StageContext, StageOutput,
 };
 
-use crate::runtime::PluginInstance;
+use crate::runtime::{Encoded, PluginInstance};
 use crate::{Error, OwnedChannel, Result};
+
+/// Ids of the channels plugins add (a rebuilt batch), unique in the process
+/// and far above the ones sources hand out (which count from 1 per run).
+static NEXT_ADDED_ID: AtomicU64 = AtomicU64::new(1 << 48);
 
 /// A loaded plugin and its health.
 ///
@@ -46,15 +50,14 @@ pub struct PluginSlot {
     pub(crate) compiled: Option<crate::runtime::CompiledPlugin>,
     /// Counters of instances this slot has replaced.
     retired: crate::runtime::CallStats,
-    /// Reusable encode buffer, as large as the plugin's arena.
-    buffer: Vec<u8>,
+    /// The current run's start (pressure and context), replayed to an
+    /// instance that replaces a failed one mid-run.
+    run: Option<(MemoryPressureLevel, RunContext<'static>)>,
 }
 
 impl PluginSlot {
     /// Wraps an instance loaded from `path`.
     pub fn new(instance: PluginInstance, path: std::path::PathBuf) -> Self {
-        // Input gets half the arena, so the plugin's answer has room beside it.
-        let capacity = instance.arena_capacity() as usize / 2;
         PluginSlot {
             instance,
             path,
@@ -68,7 +71,7 @@ impl PluginSlot {
             stamp: super::FileStamp::default(),
             compiled: None,
             retired: crate::runtime::CallStats::default(),
-            buffer: vec![0; capacity],
+            run: None,
         }
     }
 
@@ -122,8 +125,34 @@ impl PluginSlot {
         false
     }
 
-    /// Swaps in a fresh instance, keeping the counters of the old one.
-    pub(crate) fn replace_instance(&mut self, instance: PluginInstance) {
+    /// Starts a pipeline run: hands the plugin the run's context and asks
+    /// whether it runs at `level` (`m3u_check_memory_pressure`). The slot
+    /// remembers both for an instance that replaces a failed one mid-run.
+    ///
+    /// # Errors
+    /// Any plugin failure.
+    pub fn start_run(
+        &mut self,
+        level: MemoryPressureLevel,
+        context: &RunContext<'_>,
+    ) -> Result<bool> {
+        let owned = RunContext {
+            memory_pressure: context.memory_pressure,
+            available_memory: context.available_memory,
+            proxy_name: context.proxy_name.clone().into_owned().into(),
+            base_url: context.base_url.clone().into_owned().into(),
+        };
+        self.run = Some((level, owned));
+        self.instance.accepts_pressure(level, context)
+    }
+
+    /// Swaps in a fresh instance, keeping the counters of the old one; a
+    /// run in progress is started on it too (it needs the run's context).
+    ///
+    /// # Errors
+    /// The fresh instance failed its start of the run (it is in place, and
+    /// the caller switches the plugin off).
+    pub(crate) fn replace_instance(&mut self, instance: PluginInstance) -> Result<()> {
         let old = std::mem::replace(&mut self.instance, instance);
         let stats = old.stats();
         self.retired.calls += stats.calls;
@@ -132,6 +161,10 @@ impl PluginSlot {
         self.retired.bytes_in += stats.bytes_in;
         self.retired.bytes_out += stats.bytes_out;
         self.retired.log_lines_dropped += stats.log_lines_dropped;
+        if let Some((level, context)) = &self.run {
+            self.instance.accepts_pressure(*level, context)?;
+        }
+        Ok(())
     }
 
     /// The plugin's name.
@@ -152,27 +185,31 @@ impl PluginSlot {
         if batch.is_empty() {
             return Ok(());
         }
-        let reads = self.instance.info().reads;
-        let input = StageInputView {
-            context,
+        let reads = self.instance.info().reads_at(stage);
+        let header = InputHeader {
+            batch_index: context.batch_index,
+            memory_pressure: context.memory_pressure,
             fields: reads,
-            channels: batch,
         };
-        let encoded_len = match postcard::to_slice(&input, &mut self.buffer) {
-            Ok(bytes) => bytes.len(),
-            Err(postcard::Error::SerializeBufferFull) if batch.len() > 1 => {
+        // Input gets half the arena, so the plugin's answer has room beside it.
+        let input_limit = self.instance.arena_capacity() as usize / 2;
+        let output = match self
+            .instance
+            .execute_stage_with(stage, input_limit, |arena| {
+                encode_stage_input(arena, header, batch)
+            }) {
+            Ok(output) => output,
+            Err(Encoded::Full) if batch.len() > 1 => {
                 return self.run_split(stage, context, batch);
             }
-            Err(error) => {
+            Err(Encoded::Full) => {
                 return Err(Error::malformed(format!(
-                    "one channel does not fit the plugin's {} byte arena: {error}",
-                    self.buffer.len()
+                    "one channel does not fit half the plugin's {} byte arena",
+                    self.instance.arena_capacity()
                 )))
             }
+            Err(Encoded::Failed(error)) => return Err(error),
         };
-        let output = self
-            .instance
-            .execute_stage(stage, &self.buffer[..encoded_len])?;
         check_answer_size(output, batch.len())?;
         let (answer, rest): (StageOutput<'_>, &[u8]) = postcard::take_from_bytes(output)
             .map_err(|error| Error::malformed(format!("output does not decode: {error}")))?;
@@ -182,7 +219,12 @@ impl PluginSlot {
                 rest.len()
             )));
         }
-        apply(stage, reads, answer, batch)
+        let mut next_id = NEXT_ADDED_ID.load(Ordering::Relaxed);
+        let limits = AnswerLimits::default();
+        apply(stage, reads, answer, batch, &mut next_id, &limits)
+            .map_err(|error| Error::malformed(error.0))?;
+        NEXT_ADDED_ID.fetch_max(next_id, Ordering::Relaxed);
+        Ok(())
     }
 
     /// A batch too large for the arena goes in two halves, in order.
@@ -238,220 +280,11 @@ fn check_answer_size(output: &[u8], batch_len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Checks `answer` against `batch` and applies it; touches nothing on error.
-fn apply(
-    stage: Stage,
-    reads: FieldSet,
-    answer: StageOutput<'_>,
-    batch: &mut Vec<OwnedChannel>,
-) -> Result<()> {
-    match answer {
-        StageOutput::Keep(mask) => {
-            if stage != Stage::Filtering {
-                return Err(Error::malformed(format!(
-                    "a keep mask only answers the filtering stage, not {}",
-                    stage.name()
-                )));
-            }
-            if mask.len() != keep_mask_len(batch.len()) {
-                return Err(Error::malformed(format!(
-                    "keep mask has {} bytes for {} channels (expected {})",
-                    mask.len(),
-                    batch.len(),
-                    keep_mask_len(batch.len())
-                )));
-            }
-            let mut index = 0;
-            batch.retain(|_| {
-                let keep = keep_mask_get(&mask, index);
-                index += 1;
-                keep
-            });
-            Ok(())
-        }
-        StageOutput::Patches(patches) => {
-            if stage == Stage::Filtering {
-                return Err(Error::malformed(
-                    "a filter answers with a keep mask or channels",
-                ));
-            }
-            for patch in &patches {
-                check_patch(patch, batch.len())?;
-            }
-            for patch in patches {
-                apply_patch(&mut batch[patch.index as usize], patch.op);
-            }
-            Ok(())
-        }
-        StageOutput::Channels(channels) => {
-            if !reads.is_all() {
-                return Err(Error::malformed(
-                    "the plugin returned whole channels but reads only some fields; \
-                     it must declare READS = FieldSet::ALL or answer with patches/a keep mask",
-                ));
-            }
-            check_channel_ids(stage, &channels, batch)?;
-            *batch = channels.into_iter().map(Channel::into_owned).collect();
-            Ok(())
-        }
-    }
-}
-
-fn check_patch(patch: &Patch<'_>, batch_len: usize) -> Result<()> {
-    if patch.index as usize >= batch_len {
-        return Err(Error::malformed(format!(
-            "patch for channel {} but the batch has {batch_len}",
-            patch.index
-        )));
-    }
-    if let PatchOp::SetField(field, _) = &patch.op {
-        if !field.is_text() {
-            return Err(Error::malformed(format!(
-                "field `{}` cannot be set as text",
-                field.name()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn apply_patch(channel: &mut OwnedChannel, op: PatchOp<'_>) {
-    match op {
-        PatchOp::SetField(field, value) => {
-            if let Some(slot) = channel.text_mut(field) {
-                *slot = Cow::Owned(value.into_owned());
-            }
-        }
-        PatchOp::SetAttribute(name, value) => channel.set_attribute(
-            Cow::Owned(name.into_owned()),
-            Cow::Owned(value.into_owned()),
-        ),
-        PatchOp::RemoveAttribute(name) => channel
-            .attributes
-            .retain(|attribute| !attribute.name.eq_ignore_ascii_case(&name)),
-    }
-}
-
-/// A plugin may not invent or duplicate channels: a filter returns a
-/// subsequence of its input, a mapper or numberer the same ids in order,
-/// and a transformer each input id at most once.
-fn check_channel_ids(stage: Stage, output: &[Channel<'_>], input: &[OwnedChannel]) -> Result<()> {
-    let invented = |id: u64| {
-        Error::malformed(format!(
-            "output has channel id {id}, which was not in the input batch"
-        ))
-    };
-    match stage {
-        Stage::Filtering => {
-            let mut inputs = input.iter().map(|c| c.id);
-            for channel in output {
-                if !inputs.any(|id| id == channel.id) {
-                    return Err(invented(channel.id));
-                }
-            }
-        }
-        Stage::DataMapping | Stage::ChannelNumbering => {
-            if output.len() != input.len()
-                || output.iter().zip(input).any(|(out, inp)| out.id != inp.id)
-            {
-                return Err(Error::malformed(format!(
-                    "{} must return the same {} channels in the same order, got {}",
-                    stage.name(),
-                    input.len(),
-                    output.len()
-                )));
-            }
-        }
-        Stage::SourceLoading | Stage::M3uGeneration => {
-            let known: HashSet<u64> = input.iter().map(|c| c.id).collect();
-            let mut seen = HashSet::with_capacity(output.len());
-            for channel in output {
-                if !known.contains(&channel.id) {
-                    return Err(invented(channel.id));
-                }
-                if !seen.insert(channel.id) {
-                    return Err(Error::malformed(format!(
-                        "output repeats channel id {}",
-                        channel.id
-                    )));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use m3u_proxy_plugin_abi::Field;
-
-    fn batch(n: u64) -> Vec<OwnedChannel> {
-        (1..=n)
-            .map(|id| Channel {
-                id,
-                channel_name: format!("c{id}").into(),
-                ..Channel::default()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn keep_mask_filters_by_position() {
-        let mut channels = batch(10);
-        let answer = StageOutput::Keep(Cow::Owned(vec![0b0000_0101, 0b10]));
-        apply(Stage::Filtering, FieldSet::NONE, answer, &mut channels).unwrap();
-        let ids: Vec<u64> = channels.iter().map(|c| c.id).collect();
-        assert_eq!(ids, [1, 3, 10]);
-    }
-
-    #[test]
-    fn wrong_mask_length_leaves_the_batch_alone() {
-        let mut channels = batch(10);
-        let answer = StageOutput::Keep(Cow::Owned(vec![0xff]));
-        let error = apply(Stage::Filtering, FieldSet::NONE, answer, &mut channels).unwrap_err();
-        assert!(
-            error.to_string().contains("1 bytes for 10 channels"),
-            "{error}"
-        );
-        assert_eq!(channels, batch(10));
-    }
-
-    #[test]
-    fn patches_are_checked_before_any_is_applied() {
-        let mut channels = batch(3);
-        let answer = StageOutput::Patches(vec![
-            Patch {
-                index: 0,
-                op: PatchOp::SetField(Field::GroupTitle, "G".into()),
-            },
-            Patch {
-                index: 7,
-                op: PatchOp::SetField(Field::GroupTitle, "G".into()),
-            },
-        ]);
-        assert!(apply(Stage::DataMapping, FieldSet::ALL, answer, &mut channels).is_err());
-        assert_eq!(channels, batch(3), "first patch was not applied");
-    }
-
-    #[test]
-    fn filters_cannot_invent_or_reorder_channels() {
-        let input = batch(3);
-        let out = |ids: &[u64]| -> Vec<Channel<'static>> {
-            ids.iter()
-                .map(|&id| Channel {
-                    id,
-                    ..Channel::default()
-                })
-                .collect()
-        };
-        assert!(check_channel_ids(Stage::Filtering, &out(&[1, 3]), &input).is_ok());
-        assert!(check_channel_ids(Stage::Filtering, &out(&[3, 1]), &input).is_err());
-        assert!(check_channel_ids(Stage::Filtering, &out(&[4]), &input).is_err());
-        assert!(check_channel_ids(Stage::DataMapping, &out(&[1, 2]), &input).is_err());
-        assert!(check_channel_ids(Stage::M3uGeneration, &out(&[2, 2]), &input).is_err());
-        assert!(check_channel_ids(Stage::M3uGeneration, &out(&[3, 1]), &input).is_ok());
-    }
+    use m3u_proxy_plugin_abi::{Channel, Patch, PatchOp};
+    use std::borrow::Cow;
 
     #[test]
     fn answer_size_is_checked_by_the_wire_tag() {
@@ -479,14 +312,5 @@ mod tests {
         let keep = encode(&StageOutput::Keep(Cow::Owned(vec![0xff; 100])));
         assert_eq!(keep[0], wire_tags::ANSWER_KEEP);
         assert!(check_answer_size(&keep, 1).is_ok());
-    }
-
-    #[test]
-    fn whole_channels_need_a_plugin_that_reads_everything() {
-        let mut channels = batch(2);
-        let answer = StageOutput::Channels(vec![]);
-        let reads = FieldSet::of(&[Field::ChannelName]);
-        assert!(apply(Stage::Filtering, reads, answer, &mut channels).is_err());
-        assert_eq!(channels.len(), 2);
     }
 }

@@ -145,8 +145,8 @@ impl Pipeline {
             Some(compiled) => runtime.instantiate(compiled, &stem, &settings),
             None => return,
         };
-        match fresh {
-            Ok(instance) => slot.replace_instance(instance),
+        match fresh.and_then(|instance| slot.replace_instance(instance)) {
+            Ok(()) => {}
             Err(error) => {
                 log::warn!(
                     "plugin `{stem}` could not be re-instantiated, switching it off: {error}"

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use m3u_proxy_plugin_abi::{MemoryPressureLevel, Stage, StageContext};
+use m3u_proxy_plugin_abi::{MemoryPressureLevel, RunContext, Stage, StageContext};
 
 use super::registry::aborted_mid_call;
 use super::sources::{CollectSink, Loader};
@@ -239,9 +239,16 @@ impl Pipeline {
             .wasm_plugins
             .fallbacks
             .max_plugin_failures;
+        let snapshot = self.monitor.snapshot().ok();
+        let context = RunContext {
+            memory_pressure: level,
+            available_memory: snapshot.map_or(0, |s| s.available_bytes),
+            proxy_name: self.config.proxy.name.as_str().into(),
+            base_url: self.config.proxy.base_url.as_str().into(),
+        };
         for index in used {
             let slot = &mut self.plugins[index];
-            match slot.instance.accepts_pressure(level) {
+            match slot.start_run(level, &context) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.declined

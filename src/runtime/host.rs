@@ -108,7 +108,9 @@ pub(crate) struct HostState {
     /// Arena bounds, set once the guest has declared them.
     pub(crate) arena: Option<(u32, u32)>,
     /// Input bytes of the current call and how far the guest has read.
-    pub(crate) input: Vec<u8>,
+    /// Length of the input the host wrote at the arena start for the
+    /// current call (`read_channels` copies from it).
+    pub(crate) input_len: usize,
     pub(crate) input_cursor: usize,
     /// Output bytes pushed by the guest during the current call.
     pub(crate) output: Vec<u8>,
@@ -134,7 +136,7 @@ impl HostState {
                 denied: false,
             },
             arena: None,
-            input: Vec::new(),
+            input_len: 0,
             input_cursor: 0,
             output: Vec::new(),
             max_output_bytes,
@@ -304,19 +306,22 @@ fn host_read_channels(
 ) -> Result<i32, wasmi::Error> {
     let range = arena_range(caller.data(), ptr, cap)?;
     let state = caller.data();
-    let remaining = state.input.len() - state.input_cursor;
+    let remaining = state.input_len.saturating_sub(state.input_cursor);
     let count = remaining.min(range.len());
     charge(&mut caller, count)?;
     let memory = memory(&caller)?;
     let (data, state) = memory.data_and_store_mut(&mut caller);
-    let from = state.input_cursor;
-    let target = data
-        .get_mut(range.start..range.start + count)
-        .ok_or(wasmi::Error::host(HostFault::OutsideArena {
+    let arena_start = state.arena.map_or(0, |(start, _)| start as usize);
+    let from = arena_start + state.input_cursor;
+    if range.start + count > data.len() || from + count > data.len() {
+        return Err(wasmi::Error::host(HostFault::OutsideArena {
             ptr: range.start as u64,
             len: count as u64,
-        }))?;
-    target.copy_from_slice(&state.input[from..from + count]);
+        }));
+    }
+    // The input is already in the arena; this copies it again for a plugin
+    // that reads it in pieces (ABI 1's way).
+    data.copy_within(from..from + count, range.start);
     state.input_cursor += count;
     Ok(count as i32)
 }

@@ -5,7 +5,8 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use m3u_proxy_plugin_abi::{
-    exports, status, ConfigEntry, MemoryPressureLevel, PluginConfig, PluginInfo, Stage,
+    exports, status, BufferFull, ConfigEntry, MemoryPressureLevel, PluginConfig, PluginInfo,
+    RunContext, Stage,
 };
 use wasmi::{Store, TypedFunc, TypedResumableCall};
 
@@ -42,11 +43,21 @@ enum Init {
     WithConfig(TypedFunc<i32, i32>),
 }
 
+/// The two accepted forms of `m3u_check_memory_pressure`.
+#[derive(Clone, Copy)]
+enum PressureCheck {
+    /// `(level: i32) -> i32`.
+    Plain(TypedFunc<i32, i32>),
+    /// `(level: i32, context_len: i32) -> i32`: the host writes the run's
+    /// [`RunContext`] at the arena start first and passes its length.
+    WithContext(TypedFunc<(i32, i32), i32>),
+}
+
 struct Exports {
     plugin_info: TypedFunc<(), i32>,
     init: Init,
     execute_stage: TypedFunc<(i32, i32), i32>,
-    check_memory_pressure: TypedFunc<i32, i32>,
+    check_memory_pressure: PressureCheck,
     cleanup: TypedFunc<(), i32>,
 }
 
@@ -118,9 +129,7 @@ impl PluginInstance {
             execute_stage: instance
                 .get_typed_func(&store, exports::EXECUTE_STAGE)
                 .map_err(|e| missing(exports::EXECUTE_STAGE, e))?,
-            check_memory_pressure: instance
-                .get_typed_func(&store, exports::CHECK_MEMORY_PRESSURE)
-                .map_err(|e| missing(exports::CHECK_MEMORY_PRESSURE, e))?,
+            check_memory_pressure: pressure_export(&instance, &store)?,
             cleanup: typed(exports::CLEANUP)?,
         };
         let mut plugin = PluginInstance {
@@ -150,6 +159,15 @@ impl PluginInstance {
             }
         };
         plugin.check_status(exports::INIT, code)?;
+        // Asked again after init: the fields read may follow the config.
+        let configured = plugin.read_info(name_hint)?;
+        if configured.name != plugin.info.name {
+            return Err(Error::malformed(format!(
+                "plugin info changed its name from `{}` to `{}` during init",
+                plugin.info.name, configured.name
+            )));
+        }
+        plugin.info = configured;
         Ok(plugin)
     }
 
@@ -179,7 +197,7 @@ impl PluginInstance {
                 format!("cannot encode the configuration of plugin `{name}`: {error}"),
             )
         })?;
-        let (start, capacity) = self.arena;
+        let capacity = self.arena.1;
         if bytes.len() > capacity as usize {
             return Err(Error::config_key(
                 format!("plugins.{name}"),
@@ -191,13 +209,17 @@ impl PluginInstance {
                 ),
             ));
         }
+        self.write_arena_start(&bytes, "the configuration table")
+    }
+
+    /// Writes `bytes` (which fit the arena) at the arena start and returns
+    /// their length as the `i32` an export takes.
+    fn write_arena_start(&mut self, bytes: &[u8], what: &str) -> Result<i32> {
         let len = bytes.len();
         self.memory
-            .write(&mut self.store, start as usize, &bytes)
+            .write(&mut self.store, self.arena.0 as usize, bytes)
             .map_err(|error| {
-                Error::malformed(format!(
-                    "cannot write the configuration table into the arena: {error}"
-                ))
+                Error::malformed(format!("cannot write {what} into the arena: {error}"))
             })?;
         self.stats.bytes_in += len as u64;
         // `len` fits the arena, whose capacity is a positive i32.
@@ -241,6 +263,8 @@ impl PluginInstance {
             stages: info.stages,
             reads: info.reads,
             memory: info.memory,
+            parallel_safe: info.parallel_safe,
+            stage_reads: info.stage_reads,
         })
     }
 
@@ -280,45 +304,118 @@ impl PluginInstance {
         &self.stats
     }
 
-    /// Runs `execute_stage` on `input` (an encoded `StageInput`) and returns
-    /// the bytes the plugin pushed with `write_channels`.
+    /// Runs `execute_stage` on `input` (an encoded `StageInput`, copied to
+    /// the arena start) and returns the plugin's answer.
     ///
     /// # Errors
     /// Any plugin failure: out of fuel, timeout, memory limit, trap, arena
     /// violation, error status, or an input larger than the arena.
     pub fn execute_stage(&mut self, stage: Stage, input: &[u8]) -> Result<&[u8]> {
-        if input.len() > self.arena.1 as usize {
-            return Err(ErrorKind::ArenaOverflow {
-                ptr: u64::from(self.arena.0),
+        let (start, capacity) = self.arena;
+        self.execute_stage_with(stage, capacity as usize, |arena| {
+            arena
+                .get_mut(..input.len())
+                .ok_or(BufferFull)?
+                .copy_from_slice(input);
+            Ok(input.len())
+        })
+        .map_err(|error| match error {
+            Encoded::Full => ErrorKind::ArenaOverflow {
+                ptr: u64::from(start),
                 len: input.len() as u64,
-                arena_start: u64::from(self.arena.0),
-                arena_len: u64::from(self.arena.1),
+                arena_start: u64::from(start),
+                arena_len: u64::from(capacity),
             }
-            .into());
-        }
-        {
-            let state = self.store.data_mut();
-            state.input.clear();
-            state.input.extend_from_slice(input);
-        }
+            .into(),
+            Encoded::Failed(error) => error,
+        })
+    }
+
+    /// Runs `execute_stage` on the input `encode` writes straight into the
+    /// first `input_limit` bytes of the arena (returning its length), and
+    /// returns the plugin's answer: the bytes it wrote after the input, or
+    /// what it sent with `write_channels`.
+    ///
+    /// # Errors
+    /// [`Encoded::Full`] if the input does not fit `input_limit` (nothing
+    /// was called: split the batch); [`Encoded::Failed`] for any plugin
+    /// failure, including an answer outside the arena.
+    pub fn execute_stage_with(
+        &mut self,
+        stage: Stage,
+        input_limit: usize,
+        encode: impl FnOnce(&mut [u8]) -> std::result::Result<usize, BufferFull>,
+    ) -> std::result::Result<&[u8], Encoded> {
+        let (start, capacity) = (self.arena.0 as usize, self.arena.1 as usize);
+        let limit = input_limit.min(capacity);
+        let arena = self
+            .memory
+            .data_mut(&mut self.store)
+            .get_mut(start..start + limit)
+            .ok_or(Encoded::Full)?;
+        let input_len = encode(arena).map_err(|BufferFull| Encoded::Full)?;
+        self.store.data_mut().input_len = input_len;
         let execute = self.exports.execute_stage;
-        let code = self.call(&execute, (stage.as_u32() as i32, input.len() as i32))?;
-        self.check_status(exports::EXECUTE_STAGE, code)?;
-        self.stats.bytes_in += input.len() as u64;
-        self.stats.bytes_out += self.store.data().output.len() as u64;
-        Ok(&self.store.data().output)
+        let code = self.call(&execute, (stage.as_u32() as i32, input_len as i32))?;
+        self.stats.bytes_in += input_len as u64;
+        if code < 0 {
+            return Err(Encoded::Failed(
+                self.status_error(exports::EXECUTE_STAGE, code),
+            ));
+        }
+        if code == 0 {
+            let output = &self.store.data().output;
+            self.stats.bytes_out += output.len() as u64;
+            return Ok(output);
+        }
+        let answer_len = code as usize;
+        if input_len + answer_len > capacity {
+            return Err(Encoded::Failed(
+                ErrorKind::ArenaOverflow {
+                    ptr: (start + input_len) as u64,
+                    len: answer_len as u64,
+                    arena_start: start as u64,
+                    arena_len: capacity as u64,
+                }
+                .into(),
+            ));
+        }
+        self.stats.bytes_out += answer_len as u64;
+        let answer = start + input_len..start + input_len + answer_len;
+        Ok(&self.memory.data(&self.store)[answer])
     }
 
     /// Asks the plugin whether it runs at this memory pressure.
     ///
     /// # Errors
     /// Any plugin failure.
-    pub fn accepts_pressure(&mut self, level: MemoryPressureLevel) -> Result<bool> {
+    pub fn accepts_pressure(
+        &mut self,
+        level: MemoryPressureLevel,
+        context: &RunContext<'_>,
+    ) -> Result<bool> {
         if level > self.info.memory.max_pressure {
             return Ok(false);
         }
-        let check = self.exports.check_memory_pressure;
-        Ok(self.call(&check, level.as_u32() as i32)? == 1)
+        let answer = match self.exports.check_memory_pressure {
+            PressureCheck::Plain(check) => self.call(&check, level.as_u32() as i32)?,
+            PressureCheck::WithContext(check) => {
+                let bytes = postcard::to_allocvec(context).map_err(|error| {
+                    Error::malformed(format!("cannot encode the run context: {error}"))
+                })?;
+                if bytes.len() > self.arena.1 as usize {
+                    return Err(Error::malformed(format!(
+                        "the run context is {} bytes encoded, more than the plugin's \
+                         {}-byte arena; shorten [proxy] name and base_url",
+                        bytes.len(),
+                        self.arena.1
+                    )));
+                }
+                let len = self.write_arena_start(&bytes, "the run context")?;
+                self.call(&check, (level.as_u32() as i32, len))?
+            }
+        };
+        Ok(answer == 1)
     }
 
     /// Runs the plugin's `cleanup`.
@@ -477,6 +574,36 @@ fn init_export(instance: &wasmi::Instance, store: &Store<HostState>) -> Result<I
         Init::WithConfig(func.typed(store).map_err(|e| missing(exports::INIT, e))?)
     };
     Ok(init)
+}
+
+/// `m3u_check_memory_pressure` in whichever of its two forms the module
+/// exports (the compile step has already refused any other signature).
+fn pressure_export(instance: &wasmi::Instance, store: &Store<HostState>) -> Result<PressureCheck> {
+    let name = exports::CHECK_MEMORY_PRESSURE;
+    let func = instance
+        .get_func(store, name)
+        .ok_or_else(|| missing(name, "not a function"))?;
+    let check = if func.ty(store).params().len() == 1 {
+        PressureCheck::Plain(func.typed(store).map_err(|e| missing(name, e))?)
+    } else {
+        PressureCheck::WithContext(func.typed(store).map_err(|e| missing(name, e))?)
+    };
+    Ok(check)
+}
+
+/// Why [`PluginInstance::execute_stage_with`] returned no answer.
+#[derive(Debug)]
+pub enum Encoded {
+    /// The input did not fit; the plugin was not called.
+    Full,
+    /// The plugin failed.
+    Failed(Error),
+}
+
+impl From<Error> for Encoded {
+    fn from(error: Error) -> Self {
+        Encoded::Failed(error)
+    }
 }
 
 fn missing(name: &str, error: impl std::fmt::Display) -> Error {

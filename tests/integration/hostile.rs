@@ -147,7 +147,7 @@ use Module::{Bytes, Canned, TestPlugin, Wat, WatEdit};
 use Phase::{Call, Load, Pressure};
 use Stage::{ChannelNumbering, DataMapping, Filtering, M3uGeneration, SourceLoading};
 
-const ABI_SECTION: &str = r#"(@custom "m3u_abi_version" "\01\00\00\00")"#;
+const ABI_SECTION: &str = r#"(@custom "m3u_abi_version" "\02\00\00\00")"#;
 
 /// The corpus. Keep docs/SECURITY.md's table in step with it.
 #[rustfmt::skip]
@@ -175,7 +175,7 @@ const CORPUS: &[Case] = &[
     case("initial table above 100 000 elements",
          WatEdit("table_bomb.wat", "(table $slots 1 funcref)", "(table $slots 100001 funcref)"),
          "memory_limit", Load),
-    case("ABI version 2 (and a start function that traps)", Wat("abi_v2_start_traps.wat"), "abi_version", Load),
+    case("ABI version 3 (and a start function that traps)", Wat("abi_v3_start_traps.wat"), "abi_version", Load),
     case("no ABI version section", WatEdit("arena_misuse.wat", ABI_SECTION, ""), "abi_version", Load),
     case("WASI import (wasi_snapshot_preview1.fd_write)", Wat("imports_wasi_fd_write.wat"), "disallowed_import", Load),
     case("env.memcpy import", Wat("imports_env_memcpy.wat"), "disallowed_import", Load),
@@ -464,7 +464,10 @@ fn check_directly(case: &Case, wasm: &[u8]) -> Result<Error, String> {
     match case.phase {
         Pressure => {
             let mut instance = instance;
-            let result = instance.accepts_pressure(MemoryPressureLevel::Optimal);
+            let result = instance.accepts_pressure(
+                MemoryPressureLevel::Optimal,
+                &m3u_plugin_host::abi::RunContext::default(),
+            );
             expect_label(result.map(drop), case.label)
         }
         Call(stage) => {

@@ -56,3 +56,20 @@ fn the_workspace_lists_every_plugin_crate() {
         }
     }
 }
+
+#[test]
+fn the_readme_example_filter_is_the_drop_adult_crate() {
+    // The README's complete filter is compiled by the build (build.rs builds
+    // every crate of tests/plugins/), so it cannot go stale unnoticed; and it
+    // stays short.
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let crate_source =
+        std::fs::read_to_string(repo_path("tests/plugins/drop-adult/src/lib.rs")).unwrap();
+    let code = &crate_source[crate_source.find("use m3u_proxy_plugin_sdk").unwrap()..];
+    assert!(
+        readme.contains(&format!("```rust\n{code}```")),
+        "README's example filter differs from tests/plugins/drop-adult/src/lib.rs"
+    );
+    let lines = code.lines().count();
+    assert!(lines < 30, "the minimal filter is {lines} lines");
+}

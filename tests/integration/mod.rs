@@ -1,3 +1,4 @@
+pub mod abi_doc;
 pub mod bad_input;
 pub mod cli;
 pub mod common;

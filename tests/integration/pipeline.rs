@@ -410,6 +410,39 @@ fn a_batch_keeps_its_index_through_the_holds() {
 }
 
 #[test]
+fn an_instance_that_replaces_a_failed_one_mid_run_gets_the_run_context() {
+    let dir = plugin_dir(&["context_stamp"]);
+    let mut config = config(
+        &dir,
+        "[pipeline]\nbatch_size = 2\n\
+         [proxy_generation.wasm_plugins.strategies]\n\
+         data_mapping = [\"context_stamp\", \"native_mapping\"]\n",
+    );
+    config.proxy.name = "nas".into();
+    let mut pipeline = Pipeline::new(config).unwrap();
+    let playlist = "#EXTM3U\n#EXTINF:-1,A\nhttp://a\n#EXTINF:-1,B\nhttp://b\n\
+                    #EXTINF:-1,TRAP\nhttp://t\n#EXTINF:-1,C\nhttp://c\n\
+                    #EXTINF:-1,D\nhttp://d\n#EXTINF:-1,E\nhttp://e\n";
+    let source = Source::from_reader("s", std::io::Cursor::new(playlist.as_bytes().to_vec()));
+    let (out, stats) = pipeline.run_collect(vec![source]).unwrap();
+    assert_eq!(stats.plugin_failures, 1, "the TRAP batch");
+    let stamps: Vec<Option<&str>> = out.iter().map(|c| c.attribute("x-proxy")).collect();
+    // The second batch fell back to native_mapping (no stamp); the third ran
+    // on a fresh instance, which still knows the run's proxy name.
+    assert_eq!(
+        stamps,
+        [
+            Some("nas"),
+            Some("nas"),
+            None,
+            None,
+            Some("nas"),
+            Some("nas")
+        ]
+    );
+}
+
+#[test]
 fn a_chained_strategy_runs_each_plugin_in_order_on_every_batch() {
     let dir = plugin_dir(&["tagger_a", "group_normalizer"]);
     let settings = "[plugins.group_normalizer]\nempty_group = \"Other\"\n";

@@ -244,7 +244,10 @@ fn run_slot(
     level: MemoryPressureLevel,
     batch: usize,
 ) -> Vec<OwnedChannel> {
-    assert!(slot.instance.accepts_pressure(level).unwrap());
+    assert!(slot
+        .instance
+        .accepts_pressure(level, &m3u_plugin_host::abi::RunContext::default())
+        .unwrap());
     let mut output = Vec::with_capacity(channels.len());
     for (index, chunk) in channels.chunks(batch).enumerate() {
         let mut batch = chunk.to_vec();

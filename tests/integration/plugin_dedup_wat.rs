@@ -9,7 +9,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use m3u_plugin_host::abi::{MemoryPressureLevel, Stage, StageContext};
+use m3u_plugin_host::abi::{
+    encode_stage_input, Field, FieldSet, InputHeader, MemoryPressureLevel, Stage, StageContext,
+};
 use m3u_plugin_host::config::Config;
 use m3u_plugin_host::m3u::{read_all, M3uWriter, PlaylistHeader};
 use m3u_plugin_host::pipeline::{Pipeline, PluginSlot, RunStats, Source};
@@ -437,7 +439,10 @@ fn wat_dedup_state_spans_batches_until_the_next_run() {
 
     assert!(slot
         .instance
-        .accepts_pressure(MemoryPressureLevel::Emergency)
+        .accepts_pressure(
+            MemoryPressureLevel::Emergency,
+            &m3u_plugin_host::abi::RunContext::default()
+        )
         .unwrap());
     assert_same_channels(&filter_all(&mut slot, &input, BATCH), &expected);
 }
@@ -609,34 +614,96 @@ fn wat_dedup_refuses_other_modes_at_load_with_the_config_status() {
     );
 }
 
+/// An ABI 2 `StageInput` of channels with these stream URLs (ids 1..),
+/// carrying only `fields`, as the host writes it into the arena.
+fn stage_input(fields: FieldSet, urls: &[&str]) -> Vec<u8> {
+    let channels: Vec<OwnedChannel> = urls
+        .iter()
+        .enumerate()
+        .map(|(index, url)| OwnedChannel {
+            id: index as u64 + 1,
+            stream_url: url.to_string().into(),
+            ..OwnedChannel::default()
+        })
+        .collect();
+    let header = InputHeader {
+        batch_index: 0,
+        memory_pressure: MemoryPressureLevel::Optimal,
+        fields,
+    };
+    let mut buffer = vec![0u8; 4096];
+    let len = encode_stage_input(&mut buffer, header, &channels).unwrap();
+    buffer.truncate(len);
+    buffer
+}
+
 /// Bytes that are not a projected `StageInput` of a plugin reading only
 /// `stream_url` are refused with DECODE_ERROR, and the set is not touched.
 #[test]
 fn wat_dedup_refuses_input_it_cannot_decode() {
     let (wasm, _) = plugin_file(WAT_FILE);
     let mut instance = try_load(&wasm, WAT_NAME, "", RuntimeLimits::default()).unwrap();
-    // context (6 bytes), fields, 1 channel: id 1, source 0, url "u"
-    let good = [
-        0x02, 0, 0, 0, 0, 0, 0x80, 0x01, 0x01, 0x01, 0x00, 0x01, b'u',
+    let url_only = FieldSet::of(&[Field::StreamUrl]);
+    #[rustfmt::skip]
+    let good: Vec<u8> = vec![
+        0x00, 0x00,                     // batch_index 0, memory_pressure Optimal
+        0x80, 0x01,                     // fields = {StreamUrl}
+        0x01,                           // 1 channel
+        0x08, 1, 0, 0, 0, 0, 0, 0, 0,   // ids: 8 bytes, id 1
+        0x04, 0, 0, 0, 0,               // source_ids: 4 bytes, 0
+        0x01,                           // one column (stream_url):
+        0x00,                           //   starts: empty (a text field)
+        0x08, 0, 0, 0, 0, 1, 0, 0, 0,   //   offsets: 8 bytes, 0 and 1
+        0x01, b'u',                     //   data: "u"
     ];
-    let bad: [&[u8]; 5] = [
-        &good[..good.len() - 1],                                    // URL cut short
-        &[&good[..], &[0][..]].concat(),                            // trailing byte
-        &[0x02, 0, 0, 0, 0, 0, 0x40, 0x01, 0x01, 0x00, 0x01, b'u'], // fields = ChannelName
-        &[
-            0x02, 0, 0, 0, 0, 0, 0x80, 0x01, 0x05, 0x01, 0x00, 0x01, b'u',
-        ], // 5 channels, 1 sent
-        &[
-            0x02, 0, 0, 0, 0, 0, 0x80, 0x01, 0x01, 0x01, 0x00, 0xff, 0xff, 0xff, 0xff, 0x0f,
-        ],
+    assert_eq!(good, stage_input(url_only, &["u"]), "the ABI 2 layout");
+    // Three URLs "a", "b", "c": their offsets 0, 1, 2, 3 are bytes 46..62,
+    // after the header (5 bytes), the ids (1 + 3 × 8), the source ids
+    // (1 + 3 × 4), the column count, `starts` and the offsets' length.
+    let three = stage_input(url_only, &["a", "b", "c"]);
+    assert_eq!(
+        &three[46..62],
+        &[0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]
+    );
+    let with_offsets = |at: usize, value: u8| {
+        let mut bytes = three.clone();
+        bytes[at] = value;
+        bytes
+    };
+    let bad: [(&str, Vec<u8>); 9] = [
+        ("URL cut short", good[..good.len() - 1].to_vec()),
+        ("trailing byte", [&good[..], &[0][..]].concat()),
+        (
+            "fields = ChannelName",
+            stage_input(FieldSet::of(&[Field::ChannelName]), &["u"]),
+        ),
+        (
+            "fields = StreamUrl and ChannelName",
+            stage_input(
+                FieldSet::of(&[Field::ChannelName, Field::StreamUrl]),
+                &["u"],
+            ),
+        ),
+        ("5 channels, 1 sent", {
+            let mut bytes = good.clone();
+            bytes[4] = 0x05;
+            bytes
+        }),
+        (
+            "data length 2^32 - 1",
+            [&good[..30], &[0xff, 0xff, 0xff, 0xff, 0x0f, b'u'][..]].concat(),
+        ),
+        ("last offset past the data", with_offsets(58, 4)),
+        ("an offset past the data", with_offsets(50, 200)),
+        ("offsets going back", with_offsets(54, 0)),
     ];
-    for input in bad {
+    for (what, input) in bad {
         let error = instance
-            .execute_stage(Stage::Filtering, input)
-            .expect_err("malformed input");
+            .execute_stage(Stage::Filtering, &input)
+            .expect_err(what);
         assert!(
             matches!(error.kind(), ErrorKind::PluginStatus { status: -2, .. }),
-            "{input:02x?}: {error:?}"
+            "{what}: {input:02x?}: {error:?}"
         );
     }
     let error = instance
@@ -646,14 +713,30 @@ fn wat_dedup_refuses_input_it_cannot_decode() {
         matches!(error.kind(), ErrorKind::PluginStatus { status: -3, .. }),
         "{error:?}"
     );
-    // "u" was never recorded: kept, then dropped.
+    // "u" was never recorded: kept (nothing dropped: KeepAll), then dropped
+    // (Keep, a one-byte mask with bit 0 clear).
     assert_eq!(
         instance.execute_stage(Stage::Filtering, &good).unwrap(),
-        &[0x01, 0x01, 0x01]
+        &[0x03]
     );
     assert_eq!(
         instance.execute_stage(Stage::Filtering, &good).unwrap(),
         &[0x01, 0x01, 0x00]
+    );
+    // Nor were "a", "b" and "c": all kept, then all dropped; with a new URL
+    // in the middle, only that one is kept.
+    assert_eq!(
+        instance.execute_stage(Stage::Filtering, &three).unwrap(),
+        &[0x03]
+    );
+    assert_eq!(
+        instance.execute_stage(Stage::Filtering, &three).unwrap(),
+        &[0x01, 0x01, 0x00]
+    );
+    let mixed = stage_input(url_only, &["a", "x", "c"]);
+    assert_eq!(
+        instance.execute_stage(Stage::Filtering, &mixed).unwrap(),
+        &[0x01, 0x01, 0b010]
     );
 }
 

@@ -423,6 +423,15 @@ fn slot(values: &[(String, String)]) -> PluginSlot {
 /// Runs `input` through the slot at data_mapping, batch by batch, with
 /// `base_url` as the proxy's base URL.
 fn map_all(slot: &mut PluginSlot, input: &[OwnedChannel], base_url: &str) -> Vec<OwnedChannel> {
+    // The base URL reaches plugins once per run, with the run's context.
+    let run = m3u_plugin_host::abi::RunContext {
+        base_url: base_url.into(),
+        ..Default::default()
+    };
+    assert!(slot
+        .instance
+        .accepts_pressure(MemoryPressureLevel::Optimal, &run)
+        .unwrap());
     let mut output = Vec::with_capacity(input.len());
     for (index, chunk) in input.chunks(BATCH).enumerate() {
         let context = StageContext {

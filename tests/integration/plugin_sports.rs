@@ -336,7 +336,10 @@ fn slot(pairs: &[(&str, &str)]) -> PluginSlot {
 fn run_stage(slot: &mut PluginSlot, stage: Stage, input: &[OwnedChannel]) -> Vec<OwnedChannel> {
     assert!(slot
         .instance
-        .accepts_pressure(MemoryPressureLevel::Optimal)
+        .accepts_pressure(
+            MemoryPressureLevel::Optimal,
+            &m3u_plugin_host::abi::RunContext::default()
+        )
         .expect("pressure check"));
     let mut output = Vec::with_capacity(input.len());
     for (index, chunk) in input.chunks(BATCH).enumerate() {

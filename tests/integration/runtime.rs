@@ -131,7 +131,9 @@ fn passthrough_returns_every_channel_of_the_real_playlist_unchanged() {
     assert!(stats.bytes_out > 0);
     for level in MemoryPressureLevel::ALL {
         assert!(
-            slot.instance.accepts_pressure(level).unwrap(),
+            slot.instance
+                .accepts_pressure(level, &m3u_plugin_host::abi::RunContext::default())
+                .unwrap(),
             "passthrough runs at {level:?}"
         );
     }
@@ -581,22 +583,22 @@ fn allowed_host_function_with_a_wrong_signature_is_refused() {
 
 #[test]
 fn other_abi_version_is_refused_before_any_guest_code_runs() {
-    let text = wat_text("abi_v2_start_traps.wat");
+    let text = wat_text("abi_v3_start_traps.wat");
     let runtime = runtime_with(fast_limits(), &default_allowlist());
     let error = expect_error(
-        runtime.load(&wat_str(&text), "v2", &no_settings()),
-        "ABI version 2",
+        runtime.load(&wat_str(&text), "v3", &no_settings()),
+        "ABI version 3",
     );
     assert!(
         matches!(
             error.kind(),
-            ErrorKind::AbiVersionMismatch { found: Some(2), expected } if *expected == ABI_VERSION
+            ErrorKind::AbiVersionMismatch { found: Some(3), expected } if *expected == ABI_VERSION
         ),
         "{error:?}"
     );
 
-    // Control: at version 1 the start function does run, and traps.
-    let v1 = replace_once(&text, r#""\02\00\00\00""#, r#""\01\00\00\00""#);
+    // Control: at this host's version the start function does run, and traps.
+    let v1 = replace_once(&text, r#""\03\00\00\00""#, r#""\02\00\00\00""#);
     let error = expect_error(
         runtime.load(&wat_str(&v1), "v1", &no_settings()),
         "trapping start",
@@ -608,13 +610,13 @@ fn other_abi_version_is_refused_before_any_guest_code_runs() {
 #[test]
 fn module_without_abi_version_section_is_refused() {
     let text = wat_text("arena_misuse.wat");
-    let section = r#"(@custom "m3u_abi_version" "\01\00\00\00")"#;
+    let section = r#"(@custom "m3u_abi_version" "\02\00\00\00")"#;
     let runtime = runtime_with(fast_limits(), &default_allowlist());
     for (what, replacement) in [
         ("no section", ""),
         (
             "a 2-byte section",
-            r#"(@custom "m3u_abi_version" "\01\00")"#,
+            r#"(@custom "m3u_abi_version" "\02\00")"#,
         ),
     ] {
         let wasm = wat_str(&replace_once(&text, section, replacement));

@@ -12,11 +12,15 @@
 //! - strings are `Cow<str>` so a guest can decode them borrowed from its arena.
 //!
 //! ```
-//! use m3u_proxy_plugin_abi::{Channel, ChannelBatch};
-//! let batch = ChannelBatch { channels: vec![Channel { id: 7, ..Channel::default() }] };
-//! let bytes = postcard::to_allocvec(&batch).unwrap();
-//! let back: ChannelBatch = postcard::from_bytes(&bytes).unwrap();
-//! assert_eq!(back.channels[0].id, 7);
+//! use m3u_proxy_plugin_abi::*;
+//! let channels = [Channel { id: 7, group_title: "News".into(), ..Channel::default() }];
+//! let header = InputHeader { fields: FieldSet::of(&[Field::GroupTitle]), ..InputHeader::default() };
+//! let mut arena = [0u8; 256];
+//! let len = encode_stage_input(&mut arena, header, &channels).unwrap();
+//! let input: StageInput = postcard::from_bytes(&arena[..len]).unwrap();
+//! let batch = BatchView::new(&input).unwrap();
+//! assert_eq!((batch.id(0), batch.text(0, Field::GroupTitle)), (7, "News"));
+//! assert_eq!(batch.text(0, Field::ChannelName), ""); // not projected
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
@@ -28,10 +32,21 @@ use alloc::borrow::Cow;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
+mod answer;
+mod batch;
+
+pub use answer::{
+    apply, check_channel_ids, wire_tags, AnswerError, AnswerLimits, Changes, FieldValues, Patch,
+    PatchOp, Rebuild, StageOutput,
+};
+pub use batch::{
+    encode_stage_input, BatchView, BufferFull, Column, InputHeader, LayoutError, StageInput,
+};
+
 /// Version of the boundary described in `docs/ABI.md`. A plugin carries the
 /// version it was built for in the `m3u_abi_version` custom section; the host
 /// refuses any other value before it runs a single guest instruction.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the custom section holding [`ABI_VERSION`] as 4 little-endian bytes.
 pub const ABI_VERSION_SECTION: &str = "m3u_abi_version";
@@ -42,16 +57,26 @@ pub mod exports {
     pub const ARENA_PTR: &str = "m3u_arena_ptr";
     /// `() -> i32`: capacity of the arena in bytes.
     pub const ARENA_CAPACITY: &str = "m3u_arena_capacity";
-    /// `() -> i32`: writes [`crate::PluginInfo`] to the arena start, returns its length.
+    /// `() -> i32`: writes [`crate::PluginInfo`] to the arena start, returns
+    /// its length. Called before `m3u_init` (name, stages, memory) and again
+    /// after it: the fields read are taken from the second answer, so they
+    /// can follow the plugin's configuration.
     pub const PLUGIN_INFO: &str = "m3u_plugin_info";
     /// `() -> i32` or `(config_len: i32) -> i32`: one-time initialisation;
     /// returns a [`crate::status`] code. With the parameter, the host first
     /// writes the plugin's [`crate::PluginConfig`] at the arena start and
     /// passes its encoded length.
     pub const INIT: &str = "m3u_init";
-    /// `(stage: i32, input_len: i32) -> i32`: runs one stage call; returns a status code.
+    /// `(stage: i32, input_len: i32) -> i32`: runs one stage call on the
+    /// [`crate::StageInput`] the host wrote at the arena start. Returns the
+    /// length of the [`crate::StageOutput`] the plugin wrote right after the
+    /// input (> 0), `0` if it sent its answer with `write_channels` instead,
+    /// or a negative status code.
     pub const EXECUTE_STAGE: &str = "m3u_execute_stage";
-    /// `(level: i32) -> i32`: 1 if the plugin will run at this pressure level, else 0.
+    /// `(level: i32, context_len: i32) -> i32` (or `(level: i32) -> i32`):
+    /// a run starts; 1 if the plugin will run at this pressure level, else 0.
+    /// With the second parameter, the host first writes the run's
+    /// [`crate::RunContext`] at the arena start and passes its length.
     pub const CHECK_MEMORY_PRESSURE: &str = "m3u_check_memory_pressure";
     /// `() -> i32`: releases what `init` set up; returns a status code.
     pub const CLEANUP: &str = "m3u_cleanup";
@@ -565,287 +590,22 @@ impl Default for Stage {
     }
 }
 
-/// What the host sends to `execute_stage`: the context and one batch.
-///
-/// Channels are **projected** on the wire: after `id` and `source_id`, only
-/// the fields in `fields` are present, in [`Field`] order; the others are
-/// absent and decode as empty. A plugin that reads two fields therefore
-/// decodes two strings per channel, not fourteen. The host encodes it from a
-/// borrowed slice with [`StageInputView`]; both give the same bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StageInput<'a> {
-    /// Context of this call.
-    pub context: StageContext<'a>,
-    /// The fields present in `channels`; the others are empty.
-    pub fields: FieldSet,
-    /// The batch.
-    pub channels: Vec<Channel<'a>>,
-}
-
-/// Encodes like [`StageInput`] from borrowed parts, without copying channels.
-#[derive(Clone, Copy, Debug)]
-pub struct StageInputView<'v, 'a> {
-    /// Context of this call.
-    pub context: &'v StageContext<'a>,
-    /// The fields to send.
-    pub fields: FieldSet,
-    /// The batch.
-    pub channels: &'v [Channel<'a>],
-}
-
-mod projected {
-    //! The projected channel encoding of [`super::StageInput`].
-    use super::*;
-    use core::fmt;
-    use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
-    use serde::ser::{SerializeSeq, SerializeTuple};
-    use serde::{Deserializer, Serializer};
-
-    /// Number of wire elements of a projected channel.
-    fn element_count(fields: FieldSet) -> usize {
-        2 + Field::ALL.iter().filter(|f| fields.contains(**f)).count()
-    }
-
-    struct ProjectedChannel<'v, 'a> {
-        channel: &'v Channel<'a>,
-        fields: FieldSet,
-    }
-
-    impl Serialize for ProjectedChannel<'_, '_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut tuple = serializer.serialize_tuple(element_count(self.fields))?;
-            tuple.serialize_element(&self.channel.id)?;
-            tuple.serialize_element(&self.channel.source_id)?;
-            for field in Field::ALL {
-                if !self.fields.contains(field) {
-                    continue;
-                }
-                match field {
-                    Field::Attributes => tuple.serialize_element(&self.channel.attributes)?,
-                    Field::Extras => tuple.serialize_element(&self.channel.extras)?,
-                    text => tuple.serialize_element(self.channel.text(text))?,
-                }
-            }
-            tuple.end()
-        }
-    }
-
-    struct ProjectedChannels<'v, 'a> {
-        channels: &'v [Channel<'a>],
-        fields: FieldSet,
-    }
-
-    impl Serialize for ProjectedChannels<'_, '_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut seq = serializer.serialize_seq(Some(self.channels.len()))?;
-            for channel in self.channels {
-                seq.serialize_element(&ProjectedChannel {
-                    channel,
-                    fields: self.fields,
-                })?;
-            }
-            seq.end()
-        }
-    }
-
-    impl Serialize for StageInputView<'_, '_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut tuple = serializer.serialize_tuple(3)?;
-            tuple.serialize_element(self.context)?;
-            tuple.serialize_element(&self.fields)?;
-            tuple.serialize_element(&ProjectedChannels {
-                channels: self.channels,
-                fields: self.fields,
-            })?;
-            tuple.end()
-        }
-    }
-
-    impl Serialize for StageInput<'_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            StageInputView {
-                context: &self.context,
-                fields: self.fields,
-                channels: &self.channels,
-            }
-            .serialize(serializer)
-        }
-    }
-
-    struct ChannelSeed(FieldSet);
-
-    impl<'de> DeserializeSeed<'de> for ChannelSeed {
-        type Value = Channel<'de>;
-
-        fn deserialize<D: Deserializer<'de>>(
-            self,
-            deserializer: D,
-        ) -> Result<Self::Value, D::Error> {
-            deserializer.deserialize_tuple(element_count(self.0), self)
-        }
-    }
-
-    fn next<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A) -> Result<T, A::Error> {
-        seq.next_element()?
-            .ok_or_else(|| A::Error::custom("projected channel ends early"))
-    }
-
-    impl<'de> Visitor<'de> for ChannelSeed {
-        type Value = Channel<'de>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a projected channel")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Channel<'de>, A::Error> {
-            let mut channel = Channel {
-                id: next(&mut seq)?,
-                source_id: next(&mut seq)?,
-                ..Channel::default()
-            };
-            for field in Field::ALL {
-                if !self.0.contains(field) {
-                    continue;
-                }
-                match field {
-                    Field::Attributes => channel.attributes = next(&mut seq)?,
-                    Field::Extras => channel.extras = next(&mut seq)?,
-                    text => {
-                        let value: &'de str = next(&mut seq)?;
-                        if let Some(slot) = channel.text_mut(text) {
-                            *slot = Cow::Borrowed(value);
-                        }
-                    }
-                }
-            }
-            Ok(channel)
-        }
-    }
-
-    struct ChannelsSeed(FieldSet);
-
-    impl<'de> DeserializeSeed<'de> for ChannelsSeed {
-        type Value = Vec<Channel<'de>>;
-
-        fn deserialize<D: Deserializer<'de>>(
-            self,
-            deserializer: D,
-        ) -> Result<Self::Value, D::Error> {
-            deserializer.deserialize_seq(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for ChannelsSeed {
-        type Value = Vec<Channel<'de>>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a sequence of projected channels")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            // Cap the up-front allocation: the length prefix comes from the
-            // other side and must not decide how much we reserve.
-            let mut channels = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-            while let Some(channel) = seq.next_element_seed(ChannelSeed(self.0))? {
-                channels.push(channel);
-            }
-            Ok(channels)
-        }
-    }
-
-    struct StageInputVisitor;
-
-    impl<'de> Visitor<'de> for StageInputVisitor {
-        type Value = StageInput<'de>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a StageInput")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StageInput<'de>, A::Error> {
-            let context = next(&mut seq)?;
-            let fields: FieldSet = next(&mut seq)?;
-            let channels = seq
-                .next_element_seed(ChannelsSeed(fields))?
-                .ok_or_else(|| A::Error::custom("StageInput ends before its channels"))?;
-            Ok(StageInput {
-                context,
-                fields,
-                channels,
-            })
-        }
-    }
-
-    impl<'de: 'a, 'a> Deserialize<'de> for StageInput<'a> {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            deserializer.deserialize_tuple(3, StageInputVisitor)
-        }
-    }
-}
-
-/// One change to one channel of the input batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PatchOp<'a> {
-    /// Replace a text field.
-    SetField(Field, #[serde(borrow)] Cow<'a, str>),
-    /// Set or add an extra attribute (name, value).
-    SetAttribute(#[serde(borrow)] Cow<'a, str>, #[serde(borrow)] Cow<'a, str>),
-    /// Remove an extra attribute by name (case-insensitive).
-    RemoveAttribute(#[serde(borrow)] Cow<'a, str>),
-}
-
-/// A [`PatchOp`] for the channel at `index` in the input batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Patch<'a> {
-    /// Position of the channel in the input batch.
-    pub index: u32,
-    /// The change.
-    #[serde(borrow)]
-    pub op: PatchOp<'a>,
-}
-
-/// What a plugin answers for one batch (sent with `write_channels`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StageOutput<'a> {
-    /// The batch, replaced whole. Only for plugins that read every field;
-    /// a filter may only return a subsequence of its input (same ids).
-    Channels(#[serde(borrow)] Vec<Channel<'a>>),
-    /// Keep/drop bitmask, bit `i % 8` of byte `i / 8` for channel `i`
-    /// (1 = keep). Exactly `ceil(n / 8)` bytes.
-    Keep(#[serde(borrow)] Cow<'a, [u8]>),
-    /// Field changes; channels not named are unchanged.
-    Patches(#[serde(borrow)] Vec<Patch<'a>>),
-}
-
-/// Variant tags of the enums that carry data, as they appear on the wire.
-///
-/// postcard writes an enum as its variant index (a varint) followed by the
-/// variant's fields; every index here is below `0x80`, so the tag is the
-/// encoding's first byte. Use these to look at an encoded value before
-/// decoding it (as the host does to bound a length prefix). They follow the
-/// declaration order of the variants, which only ever grows at the end
-/// (`docs/ABI.md` §1); a test pins each against the actual encoding.
-pub mod wire_tags {
-    /// First byte of [`crate::StageOutput::Channels`].
-    pub const ANSWER_CHANNELS: u8 = 0;
-    /// First byte of [`crate::StageOutput::Keep`].
-    pub const ANSWER_KEEP: u8 = 1;
-    /// First byte of [`crate::StageOutput::Patches`].
-    pub const ANSWER_PATCHES: u8 = 2;
-    /// First byte of [`crate::PatchOp::SetField`].
-    pub const PATCH_SET_FIELD: u8 = 0;
-    /// First byte of [`crate::PatchOp::SetAttribute`].
-    pub const PATCH_SET_ATTRIBUTE: u8 = 1;
-    /// First byte of [`crate::PatchOp::RemoveAttribute`].
-    pub const PATCH_REMOVE_ATTRIBUTE: u8 = 2;
-}
-
-/// A batch of channels (the host's unit of work, also handy in tests).
+/// What the host sends once per run, before the run's first batch: the
+/// plugin's `m3u_check_memory_pressure(level, context_len)` finds it at the
+/// arena start. The per-batch part (batch index, current pressure) travels
+/// in each [`StageInput`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelBatch<'a> {
-    /// The channels.
+pub struct RunContext<'a> {
+    /// Memory pressure when the run started.
+    pub memory_pressure: MemoryPressureLevel,
+    /// Memory the host had available when the run started, in bytes.
+    pub available_memory: u64,
+    /// Name of the proxy being generated.
     #[serde(borrow)]
-    pub channels: Vec<Channel<'a>>,
+    pub proxy_name: Cow<'a, str>,
+    /// Base URL of the proxy (for URL rewriting).
+    #[serde(borrow)]
+    pub base_url: Cow<'a, str>,
 }
 
 /// Memory a plugin needs, declared in its [`PluginInfo`].
@@ -876,16 +636,39 @@ pub struct PluginInfo<'a> {
     pub author: Cow<'a, str>,
     /// Supported stages as a bitmask of [`Stage::bit`].
     pub stages: u32,
-    /// Fields the plugin reads; the host sends only these.
+    /// Fields the plugin reads at stages `stage_reads` does not name; the
+    /// host sends only these.
     pub reads: FieldSet,
     /// Memory needs.
     pub memory: PluginMemoryRequirements,
+    /// True if the plugin keeps no state from one batch to the next, so the
+    /// host may run several instances of it on worker threads.
+    pub parallel_safe: bool,
+    /// Fields read at particular stages (overrides `reads` there).
+    pub stage_reads: Vec<StageReads>,
+}
+
+/// The fields a plugin reads at one stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageReads {
+    /// The stage.
+    pub stage: Stage,
+    /// The fields.
+    pub fields: FieldSet,
 }
 
 impl PluginInfo<'_> {
     /// True if the plugin implements `stage`.
     pub fn supports(&self, stage: Stage) -> bool {
         self.stages & stage.bit() != 0
+    }
+
+    /// The fields the plugin reads at `stage`.
+    pub fn reads_at(&self, stage: Stage) -> FieldSet {
+        self.stage_reads
+            .iter()
+            .find(|reads| reads.stage == stage)
+            .map_or(self.reads, |reads| reads.fields)
     }
 }
 
@@ -1062,7 +845,7 @@ mod tests {
         assert!(postcard::from_bytes::<MemoryPressureLevel>(&[5]).is_err());
         assert!(postcard::from_bytes::<Field>(&[14]).is_err());
         assert!(postcard::from_bytes::<PatchOp>(&[3, 1, b'x']).is_err());
-        assert!(postcard::from_bytes::<StageOutput>(&[3, 0]).is_err());
+        assert!(postcard::from_bytes::<StageOutput>(&[6, 0]).is_err());
     }
 
     #[test]
@@ -1189,135 +972,180 @@ mod tests {
     }
 
     #[test]
-    fn stage_context_loopback() {
-        // stage, memory_pressure, available_memory, proxy_name "", base_url "", batch_index
-        loopback(&StageContext::default(), &[0, 0, 0, 0, 0, 0]);
-        let context = StageContext {
-            stage: Stage::M3uGeneration,
+    fn run_context_loopback() {
+        // memory_pressure, available_memory, proxy_name "", base_url ""
+        loopback(&RunContext::default(), &[0, 0, 0, 0]);
+        let context = RunContext {
             memory_pressure: MemoryPressureLevel::Emergency,
-            available_memory: 0,
+            available_memory: 300,
             proxy_name: "p".into(),
             base_url: "http://h".into(),
-            batch_index: 300,
         };
         #[rustfmt::skip]
         let expected: &[u8] = &[
-            4,                   // stage M3uGeneration
             4,                   // memory_pressure Emergency
-            0,                   // available_memory 0 (unknown)
+            0xac, 0x02,          // available_memory 300
             1, b'p',             // proxy_name "p"
             8, b'h', b't', b't', b'p', b':', b'/', b'/', b'h', // base_url "http://h"
-            0xac, 0x02,          // batch_index 300
         ];
         let back = loopback(&context, expected);
         assert!(matches!(back.base_url, Cow::Borrowed(_)));
     }
 
-    #[test]
-    fn stage_input_golden_bytes() {
-        let input = StageInput {
-            context: StageContext {
-                stage: Stage::Filtering,
-                memory_pressure: MemoryPressureLevel::High,
-                available_memory: 1,
-                proxy_name: "p".into(),
-                base_url: "".into(),
-                batch_index: 3,
-            },
-            fields: FieldSet::of(&[Field::TvgId, Field::ChannelName]),
-            channels: vec![],
-        };
-        #[rustfmt::skip]
-        let expected: &[u8] = &[
-            2, 2, 1,             // context: Filtering, High, available_memory 1
-            1, b'p', 0,          // context: proxy_name "p", base_url ""
-            3,                   // context: batch_index 3
-            0x41,                // fields: TvgId (bit 0) | ChannelName (bit 6)
-            0,                   // no channels
-        ];
-        loopback(&input, expected);
-    }
-
-    #[test]
-    fn stage_input_reads_none_loopback() {
-        // The `reads = NONE` example of docs/ABI.md §7.
-        let input = StageInput {
-            context: StageContext {
-                stage: Stage::DataMapping,
-                memory_pressure: MemoryPressureLevel::Optimal,
-                available_memory: 1_000_000,
-                proxy_name: "p".into(),
-                base_url: "".into(),
-                batch_index: 0,
-            },
-            fields: FieldSet::NONE,
-            channels: vec![bare_channel(1)],
-        };
-        #[rustfmt::skip]
-        let expected: &[u8] = &[
-            1, 0,                // context: DataMapping, Optimal
-            0xc0, 0x84, 0x3d,    // context: available_memory 1_000_000 (0x40|0x80, 0x04|0x80, 0x3d)
-            1, b'p', 0, 0,       // context: proxy_name "p", base_url "", batch_index 0
-            0,                   // fields: NONE
-            1,                   // one channel:
-            1, 0,                //   id 1, source_id 0, and no field at all
-        ];
-        loopback(&input, expected);
-    }
-
-    #[test]
-    fn stage_input_sends_only_the_declared_fields() {
-        let channel = sample_channel();
-        let context = StageContext::default();
-        let fields = FieldSet::of(&[Field::ChannelName, Field::Extras]);
-        let view = StageInputView {
-            context: &context,
-            fields,
-            channels: core::slice::from_ref(&channel),
-        };
-        let bytes = postcard::to_allocvec(&view).unwrap();
-        #[rustfmt::skip]
-        let expected: &[u8] = &[
-            0, 0, 0, 0, 0, 0,    // StageContext::default()
-            0xc0, 0x40,          // fields: bits 6 and 13 (8256)
-            1,                   // one channel
-            0xac, 0x02, 0x01,    // id 300, source_id 1
-            1, b'A',             // channel_name
-            1, 2, b'#', b'E',    // extras
-        ];
-        assert_eq!(bytes, expected);
-        // The owned form of what the plugin sees encodes the same way and
-        // decodes back to the projected channel.
-        let projected = StageInput {
-            context: context.clone(),
-            fields,
-            channels: vec![channel.project(fields)],
-        };
-        let back = loopback(&projected, expected);
-        assert!(matches!(back.channels[0].channel_name, Cow::Borrowed(_)));
-        // Every field: the same as a full channel after id and source_id.
-        let all = StageInputView {
-            context: &context,
-            fields: FieldSet::ALL,
-            channels: core::slice::from_ref(&channel),
-        };
-        let full = postcard::to_allocvec(&all).unwrap();
-        assert!(full.ends_with(&postcard::to_allocvec(&channel).unwrap()));
-    }
-
-    #[test]
-    fn truncated_stage_input_is_an_error_not_a_panic() {
-        let channel = sample_channel();
-        let context = StageContext::default();
-        let view = StageInputView {
-            context: &context,
-            fields: FieldSet::ALL,
-            channels: core::slice::from_ref(&channel),
-        };
-        let bytes = postcard::to_allocvec(&view).unwrap();
-        for cut in 0..bytes.len() {
-            assert!(postcard::from_bytes::<StageInput>(&bytes[..cut]).is_err());
+    /// Encodes `channels` with [`encode_stage_input`] and checks the bytes
+    /// are `expected` and equal postcard's encoding of the decoded value.
+    #[track_caller]
+    fn encoded_input(header: InputHeader, channels: &[Channel<'_>], expected: &[u8]) {
+        let mut buffer = [0u8; 512];
+        let len = encode_stage_input(&mut buffer, header, channels).unwrap();
+        assert_eq!(&buffer[..len], expected, "encoder output");
+        let input = loopback(
+            &postcard::from_bytes::<StageInput>(expected).unwrap(),
+            expected,
+        );
+        assert_eq!(input.count as usize, channels.len());
+        // Every shorter buffer is refused, never half-written as a success.
+        for cut in 0..len {
+            assert_eq!(
+                encode_stage_input(&mut buffer[..cut], header, channels),
+                Err(BufferFull)
+            );
         }
+    }
+
+    #[test]
+    fn stage_input_golden_bytes_empty_batch() {
+        let header = InputHeader {
+            batch_index: 3,
+            memory_pressure: MemoryPressureLevel::High,
+            fields: FieldSet::of(&[Field::TvgId, Field::ChannelName]),
+        };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            3,                   // batch_index 3
+            2,                   // memory_pressure High
+            0x41,                // fields: TvgId (bit 0) | ChannelName (bit 6)
+            0,                   // count 0
+            0, 0,                // ids, source_ids: empty
+            2,                   // two columns
+            0, 4, 0, 0, 0, 0, 0, //   tvg_id: no starts, offsets [0], no data
+            0, 4, 0, 0, 0, 0, 0, //   channel_name: the same
+        ];
+        encoded_input(header, &[], expected);
+    }
+
+    #[test]
+    fn stage_input_reads_none_golden_bytes() {
+        // The `reads = NONE` example of docs/ABI.md: ids only.
+        let header = InputHeader::default();
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            0, 0, 0,             // batch_index 0, Optimal, fields NONE
+            2,                   // count 2
+            16, 1, 0, 0, 0, 0, 0, 0, 0, 0x2c, 0x01, 0, 0, 0, 0, 0, 0, // ids 1, 300 (u64 LE)
+            8, 0, 0, 0, 0, 1, 0, 0, 0,  // source_ids 0, 1 (u32 LE)
+            0,                   // no column
+        ];
+        let mut second = bare_channel(300);
+        second.source_id = 1;
+        encoded_input(header, &[bare_channel(1), second], expected);
+    }
+
+    #[test]
+    fn stage_input_golden_bytes_text_and_list_columns() {
+        let header = InputHeader {
+            fields: FieldSet::of(&[Field::ChannelName, Field::Attributes, Field::Extras]),
+            ..InputHeader::default()
+        };
+        let mut second = sample_channel();
+        second.id = 2;
+        second.channel_name = "BC".into();
+        second.attributes.clear();
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            0, 0,                // batch_index 0, Optimal
+            0xc0, 0x60,          // fields: bits 6, 12 and 13 (0x3040)
+            2,                   // count 2
+            16, 0x2c, 0x01, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, // ids 300, 2
+            8, 1, 0, 0, 0, 1, 0, 0, 0, // source_ids 1, 1
+            3,                   // three columns
+            // channel_name: no starts; offsets 0, 1, 3; data "ABC"
+            0, 12, 0, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 3, b'A', b'B', b'C',
+            // attributes: starts 0, 2, 2 (one pair, then none); offsets 0, 1, 2; "xy"
+            12, 0, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0,
+            12, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, b'x', b'y',
+            // extras: starts 0, 1, 2; offsets 0, 2, 4; "#E#E"
+            12, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0,
+            12, 0, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 4, b'#', b'E', b'#', b'E',
+        ];
+        let channels = [sample_channel(), second];
+        encoded_input(header, &channels, expected);
+        let input: StageInput = postcard::from_bytes(expected).unwrap();
+        let view = BatchView::new(&input).unwrap();
+        assert_eq!(view.len(), 2);
+        assert_eq!((view.id(1), view.source_id(1)), (2, 1));
+        assert_eq!(view.text(0, Field::ChannelName), "A");
+        assert_eq!(view.text(1, Field::ChannelName), "BC");
+        assert_eq!(view.text(0, Field::TvgId), "", "not projected");
+        assert_eq!(view.attribute(0, "X"), Some("y"));
+        assert_eq!(view.attributes(1).count(), 0);
+        assert_eq!(view.extras(1).collect::<Vec<_>>(), ["#E"]);
+        assert_eq!(view.text(2, Field::ChannelName), "", "past the end");
+        let fields = FieldSet::of(&[Field::ChannelName, Field::Attributes, Field::Extras]);
+        assert_eq!(view.channel(0), channels[0].project(fields));
+    }
+
+    #[test]
+    fn every_field_round_trips_through_the_columns() {
+        let mut channel = sample_channel();
+        for (n, field) in Field::ALL.into_iter().enumerate() {
+            if let Some(slot) = channel.text_mut(field) {
+                *slot = alloc::format!("v{n}é").into();
+            }
+        }
+        let channels = [channel.clone(), bare_channel(9), channel];
+        let mut buffer = vec![0u8; 4096];
+        let header = InputHeader {
+            fields: FieldSet::ALL,
+            ..InputHeader::default()
+        };
+        let len = encode_stage_input(&mut buffer, header, &channels).unwrap();
+        let input: StageInput = postcard::from_bytes(&buffer[..len]).unwrap();
+        let view = BatchView::new(&input).unwrap();
+        for (index, channel) in channels.iter().enumerate() {
+            assert_eq!(&view.channel(index), channel);
+        }
+    }
+
+    #[test]
+    fn inconsistent_columns_are_refused_by_the_view() {
+        let header = InputHeader {
+            fields: FieldSet::of(&[Field::ChannelName]),
+            ..InputHeader::default()
+        };
+        let mut buffer = [0u8; 128];
+        let len = encode_stage_input(&mut buffer, header, &[sample_channel()]).unwrap();
+        let good: StageInput = postcard::from_bytes(&buffer[..len]).unwrap();
+        assert!(BatchView::new(&good).is_ok());
+        let mut bad = good.clone();
+        bad.count = 2;
+        assert_eq!(BatchView::new(&bad).unwrap_err(), LayoutError::Ids);
+        let mut bad = good.clone();
+        bad.columns.clear();
+        assert_eq!(BatchView::new(&bad).unwrap_err(), LayoutError::ColumnCount);
+        let mut bad = good.clone();
+        bad.columns[0].data = b"";
+        assert_eq!(
+            BatchView::new(&bad).unwrap_err(),
+            LayoutError::Column(Field::ChannelName)
+        );
+        // Bytes that are not UTF-8 read as empty instead of failing.
+        let mut odd = good.clone();
+        odd.columns[0].data = &[0xff];
+        assert_eq!(
+            BatchView::new(&odd).unwrap().text(0, Field::ChannelName),
+            ""
+        );
     }
 
     #[test]
@@ -1384,6 +1212,52 @@ mod tests {
         loopback(&StageOutput::Patches(vec![]), &[2, 0]);
         // variant 0 Channels, 0 channels
         loopback(&StageOutput::Channels(vec![]), &[0, 0]);
+        // variant 3 KeepAll: nothing else
+        loopback(&StageOutput::KeepAll, &[3]);
+    }
+
+    #[test]
+    fn changes_and_rebuild_golden_bytes() {
+        let mut values = FieldValues::new(Field::GroupTitle);
+        values.push(1, "News");
+        values.push(300, "");
+        let changes = Changes {
+            fields: vec![values],
+            patches: vec![Patch {
+                index: 0,
+                op: PatchOp::RemoveAttribute("x".into()),
+            }],
+        };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            4,                          // variant 4 Changes
+            1,                          // one field column:
+            5,                          //   GroupTitle
+            8, 1, 0, 0, 0, 0x2c, 1, 0, 0,  // indices 1, 300 (u32 LE)
+            12, 0, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, // offsets 0, 4, 4
+            4, b'N', b'e', b'w', b's', //   data "News"
+            1, 0, 2, 1, b'x',           // one patch: index 0, RemoveAttribute "x"
+        ];
+        let back = loopback(&StageOutput::Changes(changes.clone()), expected);
+        assert!(matches!(
+            back,
+            StageOutput::Changes(Changes { ref fields, .. }) if matches!(fields[0].data, Cow::Borrowed(_))
+        ));
+        let rebuild = StageOutput::Rebuild(Rebuild {
+            order: Cow::Borrowed(&[1, 0, 0, 0, 0, 0, 0, 0]),
+            changes: Changes::default(),
+            added: vec![bare_channel(5)],
+        });
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            5,                          // variant 5 Rebuild
+            8, 1, 0, 0, 0, 0, 0, 0, 0,  // order: positions 1, 0
+            0, 0,                       // no changes (no columns, no patches)
+            1,                          // one added channel:
+            5, 0,                       //   id 5, source_id 0
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // 12 empty strings, no lists
+        ];
+        loopback(&rebuild, expected);
     }
 
     #[test]
@@ -1431,6 +1305,9 @@ mod tests {
                 StageOutput::Channels(_) => wire_tags::ANSWER_CHANNELS,
                 StageOutput::Keep(_) => wire_tags::ANSWER_KEEP,
                 StageOutput::Patches(_) => wire_tags::ANSWER_PATCHES,
+                StageOutput::KeepAll => wire_tags::ANSWER_KEEP_ALL,
+                StageOutput::Changes(_) => wire_tags::ANSWER_CHANGES,
+                StageOutput::Rebuild(_) => wire_tags::ANSWER_REBUILD,
             }
         }
         fn patch_tag(op: &PatchOp<'_>) -> u8 {
@@ -1444,6 +1321,9 @@ mod tests {
             StageOutput::Channels(vec![bare_channel(1)]),
             StageOutput::Keep(Cow::Borrowed(&[1])),
             StageOutput::Patches(vec![]),
+            StageOutput::KeepAll,
+            StageOutput::Changes(Changes::default()),
+            StageOutput::Rebuild(Rebuild::default()),
         ] {
             let tag = answer_tag(&answer);
             assert!(tag < 0x80, "a one-byte varint");
@@ -1462,34 +1342,6 @@ mod tests {
             assert!(tag < 0x80, "a one-byte varint");
             assert_eq!(postcard::to_allocvec(&op).unwrap()[0], tag, "{op:?}");
         }
-    }
-
-    #[test]
-    fn channel_batch_loopback() {
-        // 0 channels
-        loopback(&ChannelBatch::default(), &[0]);
-        #[rustfmt::skip]
-        let expected: &[u8] = &[
-            1,                          // 1 channel:
-            7, 0,                       //   id 7, source_id 0
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // 12 empty strings
-            0, 0,                       //   no attributes, no extras
-        ];
-        loopback(
-            &ChannelBatch {
-                channels: vec![bare_channel(7)],
-            },
-            expected,
-        );
-        // The same channels encode like StageOutput::Channels minus its tag.
-        let batch = ChannelBatch {
-            channels: vec![sample_channel()],
-        };
-        let answer = StageOutput::Channels(vec![sample_channel()]);
-        assert_eq!(
-            postcard::to_allocvec(&answer).unwrap()[1..],
-            postcard::to_allocvec(&batch).unwrap()
-        );
     }
 
     #[test]
@@ -1535,6 +1387,11 @@ mod tests {
                 recommended_bytes: 128,
                 max_pressure: MemoryPressureLevel::Critical,
             },
+            parallel_safe: true,
+            stage_reads: vec![StageReads {
+                stage: Stage::Filtering,
+                fields: FieldSet::of(&[Field::TvgId]),
+            }],
         };
         #[rustfmt::skip]
         let expected: &[u8] = &[
@@ -1545,14 +1402,25 @@ mod tests {
             0,                   // memory.min_bytes 0
             0x80, 0x01,          // memory.recommended_bytes 128
             3,                   // memory.max_pressure Critical
+            1,                   // parallel_safe true
+            1, 2, 1,             // stage_reads: one, Filtering reads TvgId (bit 0)
         ];
-        loopback(&info, expected);
+        let back = loopback(&info, expected);
+        assert_eq!(
+            back.reads_at(Stage::Filtering),
+            FieldSet::of(&[Field::TvgId])
+        );
+        assert_eq!(
+            back.reads_at(Stage::DataMapping),
+            FieldSet::of(&[Field::StreamUrl])
+        );
     }
 
     #[test]
     fn plugin_info_loopback_default_and_full() {
-        // 4 empty strings, stages 0, reads NONE, memory 0, 0, Optimal
-        loopback(&PluginInfo::default(), &[0; 9]);
+        // 4 empty strings, stages 0, reads NONE, memory 0, 0, Optimal,
+        // parallel_safe false, no stage_reads
+        loopback(&PluginInfo::default(), &[0; 11]);
         let info = PluginInfo {
             name: "dedup".into(),
             version: "0.1.0".into(),
@@ -1565,6 +1433,8 @@ mod tests {
                 recommended_bytes: 2,
                 max_pressure: MemoryPressureLevel::Optimal,
             },
+            parallel_safe: false,
+            stage_reads: vec![],
         };
         #[rustfmt::skip]
         let expected: &[u8] = &[
@@ -1575,6 +1445,7 @@ mod tests {
             0x1f,                            // stages: bits 0..=4, every stage
             0xff, 0x7f,                      // reads: ALL = 0x3fff
             1, 2, 0,                         // memory: min 1, recommended 2, Optimal
+            0, 0,                            // not parallel-safe, no stage_reads
         ];
         let back = loopback(&info, expected);
         assert!(Stage::ALL.into_iter().all(|stage| back.supports(stage)));

@@ -63,6 +63,22 @@ pub(crate) fn with_whole_arena<R>(f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     Some(result)
 }
 
+/// Runs `f` with the whole arena, writable: what the host does between
+/// calls (the native test host writes inputs and reads answers with it).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn with_whole_arena_mut<R>(f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+    let busy = |flag: &GuestCell<bool>| flag.with(|flag| *flag);
+    if busy(&DATA_IN_USE) || busy(&SCRATCH_IN_USE) {
+        return None;
+    }
+    let base = ARENA.0.get().cast::<u8>();
+    // SAFETY: the range is the whole static; no region is lent out (checked
+    // above) and the test host holds its lock, so nothing else touches the
+    // arena while `f` runs.
+    let arena = unsafe { core::slice::from_raw_parts_mut(base, ARENA_BYTES) };
+    Some(f(arena))
+}
+
 /// Marks both regions free. Every export calls this on entry: the host never
 /// re-enters a plugin, so nothing can legitimately be lent out then, and a
 /// trap in an earlier call (which unwinds nothing) must not leave a region

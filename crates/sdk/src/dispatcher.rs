@@ -3,24 +3,28 @@
 
 use alloc::borrow::Cow;
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use m3u_proxy_plugin_abi::{
-    status, MemoryPressureLevel, Patch, PatchOp, PluginInfo, PluginMemoryRequirements, Stage,
-    StageInput, StageOutput,
+    status, BatchView, FieldSet, FieldValues, MemoryPressureLevel, PluginInfo,
+    PluginMemoryRequirements, RunContext, Stage, StageContext, StageOutput, StageReads,
 };
 
 use crate::arena::{arena_ptr, release_all, with_data, GuestCell, ARENA_BYTES, DATA_BYTES};
-use crate::{hostcalls, KeepMask, Patches, Plugin, PluginError};
+use crate::{hostcalls, Batch, KeepMask, Patches, Plugin, PluginError, Rebuilt};
 
 /// The plugin, type-erased so the SDK can own the single instance.
 trait Dispatch {
     fn init(&mut self) -> Result<(), PluginError>;
     fn accepts(&mut self, level: MemoryPressureLevel) -> bool;
+    fn stages(&mut self) -> u32;
+    fn reads(&self, stage: Stage) -> FieldSet;
     fn run<'a>(
         &mut self,
         stage: Stage,
-        input: StageInput<'a>,
+        ctx: &StageContext<'_>,
+        batch: &'a Batch<'a>,
     ) -> Result<StageOutput<'a>, PluginError>;
     fn cleanup(&mut self);
 }
@@ -35,50 +39,76 @@ impl<P: Plugin> Dispatch for P {
         self.accepts_pressure(level)
     }
 
+    fn stages(&mut self) -> u32 {
+        let mut stages = 0;
+        let mut add = |list: &[Stage]| {
+            for stage in list {
+                stages |= stage.bit();
+            }
+        };
+        if let Some(filter) = self.as_filter() {
+            add(filter.stages());
+        }
+        if let Some(mapper) = self.as_mapper() {
+            add(mapper.stages());
+        }
+        if self.as_numberer().is_some() {
+            add(&[Stage::ChannelNumbering]);
+        }
+        if let Some(transformer) = self.as_transformer() {
+            add(transformer.stages());
+        }
+        stages
+    }
+
+    fn reads(&self, stage: Stage) -> FieldSet {
+        Plugin::reads(self, stage)
+    }
+
     fn run<'a>(
         &mut self,
         stage: Stage,
-        input: StageInput<'a>,
+        ctx: &StageContext<'_>,
+        batch: &'a Batch<'a>,
     ) -> Result<StageOutput<'a>, PluginError> {
-        let ctx = &input.context;
-        let channels = input.channels;
-        match stage {
-            Stage::Filtering => {
-                let filter = self.as_filter().ok_or(PluginError::UnsupportedStage)?;
-                let mut keep = KeepMask::new(channels.len());
-                filter.filter_batch(ctx, &channels, &mut keep);
-                Ok(StageOutput::Keep(Cow::Owned(keep.into_bytes())))
-            }
-            Stage::DataMapping => {
-                let mapper = self.as_mapper().ok_or(PluginError::UnsupportedStage)?;
-                let mut patches = Patches::default();
-                mapper.map_batch(ctx, &channels, &mut patches);
-                Ok(StageOutput::Patches(patches.into_vec()))
-            }
-            Stage::ChannelNumbering => {
-                let numberer = self.as_numberer().ok_or(PluginError::UnsupportedStage)?;
-                let mut patches = Vec::new();
-                for (index, channel) in channels.iter().enumerate() {
+        // A stage goes to the first trait that lists it.
+        if let Some(filter) = self.as_filter().filter(|f| f.stages().contains(&stage)) {
+            let mut keep = KeepMask::new(batch.len());
+            filter.filter_batch(ctx, batch, &mut keep);
+            return Ok(keep.into_answer());
+        }
+        if let Some(mapper) = self.as_mapper().filter(|m| m.stages().contains(&stage)) {
+            let mut patches = Patches::default();
+            mapper.map_batch(ctx, batch, &mut patches);
+            return Ok(patches.into_answer());
+        }
+        if stage == Stage::ChannelNumbering {
+            if let Some(numberer) = self.as_numberer() {
+                let mut numbers = FieldValues::new(m3u_proxy_plugin_abi::Field::TvgChno);
+                let mut digits = [0u8; 10];
+                for channel in batch.iter() {
                     if let Some(number) = numberer.number(ctx, channel) {
-                        patches.push(Patch {
-                            index: index as u32,
-                            op: PatchOp::SetField(
-                                m3u_proxy_plugin_abi::Field::TvgChno,
-                                Cow::Owned(alloc::format!("{number}")),
-                            ),
-                        });
+                        numbers.push(channel.index() as u32, decimal(number, &mut digits));
                     }
                 }
-                Ok(StageOutput::Patches(patches))
-            }
-            Stage::SourceLoading | Stage::M3uGeneration => {
-                let transformer = self.as_transformer().ok_or(PluginError::UnsupportedStage)?;
-                if !transformer.stages().contains(&stage) {
-                    return Err(PluginError::UnsupportedStage);
+                if numbers.is_empty() {
+                    return Ok(StageOutput::KeepAll);
                 }
-                Ok(StageOutput::Channels(transformer.transform(ctx, channels)))
+                return Ok(StageOutput::Changes(m3u_proxy_plugin_abi::Changes {
+                    fields: alloc::vec![numbers],
+                    patches: Vec::new(),
+                }));
             }
         }
+        if let Some(transformer) = self
+            .as_transformer()
+            .filter(|t| t.stages().contains(&stage))
+        {
+            let mut out = Rebuilt::new(batch.len());
+            transformer.transform(ctx, batch, &mut out);
+            return Ok(out.into_answer());
+        }
+        Err(PluginError::UnsupportedStage)
     }
 
     fn cleanup(&mut self) {
@@ -86,7 +116,36 @@ impl<P: Plugin> Dispatch for P {
     }
 }
 
+/// `number` in decimal, written into `digits`.
+fn decimal(mut number: u32, digits: &mut [u8; 10]) -> &str {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    core::str::from_utf8(&digits[start..]).unwrap_or("0")
+}
+
 static INSTANCE: GuestCell<Option<Box<dyn Dispatch>>> = GuestCell::new(None);
+
+/// The context of the current run (`m3u_check_memory_pressure`).
+struct OwnedRunContext {
+    memory_pressure: MemoryPressureLevel,
+    available_memory: u64,
+    proxy_name: String,
+    base_url: String,
+}
+
+static RUN: GuestCell<OwnedRunContext> = GuestCell::new(OwnedRunContext {
+    memory_pressure: MemoryPressureLevel::Optimal,
+    available_memory: 0,
+    proxy_name: String::new(),
+    base_url: String::new(),
+});
 
 fn with_instance<P: Plugin>(f: impl FnOnce(&mut dyn Dispatch) -> i32) -> i32 {
     release_all();
@@ -94,6 +153,13 @@ fn with_instance<P: Plugin>(f: impl FnOnce(&mut dyn Dispatch) -> i32) -> i32 {
         let plugin = slot.get_or_insert_with(|| Box::new(P::default()));
         f(plugin.as_mut())
     })
+}
+
+/// Drops the plugin instance (the native test host starts each test with a
+/// fresh one).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn reset() {
+    INSTANCE.with(|slot| *slot = None);
 }
 
 /// `m3u_arena_ptr`.
@@ -107,42 +173,46 @@ pub fn arena_capacity() -> i32 {
 }
 
 /// `m3u_plugin_info`: encodes the info into the arena, returns its length.
-pub fn plugin_info<P: Plugin>(name: &str) -> i32 {
-    release_all();
-    let mut stages = 0;
-    let mut probe = P::default();
-    if probe.as_filter().is_some() {
-        stages |= Stage::Filtering.bit();
-    }
-    if probe.as_mapper().is_some() {
-        stages |= Stage::DataMapping.bit();
-    }
-    if probe.as_numberer().is_some() {
-        stages |= Stage::ChannelNumbering.bit();
-    }
-    if let Some(transformer) = probe.as_transformer() {
-        for stage in transformer.stages() {
-            stages |= stage.bit();
-        }
-    }
-    let info = PluginInfo {
-        name: Cow::Borrowed(name),
-        version: Cow::Borrowed(P::VERSION),
-        description: Cow::Borrowed(P::DESCRIPTION),
-        author: Cow::Borrowed(P::AUTHOR),
-        stages,
-        reads: P::READS,
-        memory: PluginMemoryRequirements {
-            min_bytes: P::MIN_MEMORY_BYTES,
-            recommended_bytes: P::MIN_MEMORY_BYTES.max(4 * ARENA_BYTES as u64),
-            max_pressure: P::MAX_PRESSURE,
-        },
-    };
-    with_data(|arena| match postcard::to_slice(&info, arena) {
-        Ok(bytes) => bytes.len() as i32,
-        Err(_) => status::PLUGIN_ERROR,
+/// Asked before `init` and after it; the fields read come from the plugin
+/// instance, so the second answer follows its configuration.
+pub fn plugin_info<P: Plugin>(name: &str, crate_version: &str) -> i32 {
+    with_instance::<P>(|plugin| {
+        let stages = plugin.stages();
+        let stage_reads: Vec<StageReads> = Stage::ALL
+            .into_iter()
+            .filter(|stage| stages & stage.bit() != 0)
+            .map(|stage| StageReads {
+                stage,
+                fields: plugin.reads(stage),
+            })
+            .filter(|reads| reads.fields != P::READS)
+            .collect();
+        let version = if P::VERSION.is_empty() {
+            crate_version
+        } else {
+            P::VERSION
+        };
+        let info = PluginInfo {
+            name: Cow::Borrowed(name),
+            version: Cow::Borrowed(version),
+            description: Cow::Borrowed(P::DESCRIPTION),
+            author: Cow::Borrowed(P::AUTHOR),
+            stages,
+            reads: P::READS,
+            memory: PluginMemoryRequirements {
+                min_bytes: P::MIN_MEMORY_BYTES,
+                recommended_bytes: P::MIN_MEMORY_BYTES.max(4 * ARENA_BYTES as u64),
+                max_pressure: P::MAX_PRESSURE,
+            },
+            parallel_safe: P::PARALLEL_SAFE,
+            stage_reads,
+        };
+        with_data(|arena| match postcard::to_slice(&info, arena) {
+            Ok(bytes) => bytes.len() as i32,
+            Err(_) => status::PLUGIN_ERROR,
+        })
+        .unwrap_or(status::PLUGIN_ERROR)
     })
-    .unwrap_or(status::PLUGIN_ERROR)
 }
 
 /// `m3u_init(config_len)`: takes over the config table the host wrote at
@@ -161,14 +231,41 @@ pub fn init<P: Plugin>(config_len: i32) -> i32 {
     })
 }
 
-/// `m3u_check_memory_pressure`: 1 if the plugin runs at `level`.
-pub fn check_memory_pressure<P: Plugin>(level: i32) -> i32 {
+/// `m3u_check_memory_pressure(level, context_len)`: a run starts; keeps the
+/// run's context from the arena start, then 1 if the plugin runs at `level`.
+pub fn check_memory_pressure<P: Plugin>(level: i32, context_len: i32) -> i32 {
     let Some(level) = u32::try_from(level)
         .ok()
         .and_then(MemoryPressureLevel::from_u32)
     else {
         return 0;
     };
+    release_all();
+    let received = usize::try_from(context_len)
+        .ok()
+        .filter(|len| *len <= DATA_BYTES)
+        .and_then(|len| {
+            with_data(|arena| {
+                let context: RunContext<'_> = postcard::from_bytes(&arena[..len]).ok()?;
+                RUN.with(|run| {
+                    run.memory_pressure = context.memory_pressure;
+                    run.available_memory = context.available_memory;
+                    run.proxy_name.clear();
+                    run.proxy_name.push_str(&context.proxy_name);
+                    run.base_url.clear();
+                    run.base_url.push_str(&context.base_url);
+                });
+                Some(())
+            })
+            .flatten()
+        });
+    if received.is_none() {
+        crate::log(
+            crate::LogLevel::Error,
+            "the run context from the host does not decode",
+        );
+        return 0;
+    }
     with_instance::<P>(|plugin| i32::from(plugin.accepts(level)))
 }
 
@@ -180,8 +277,10 @@ pub fn cleanup<P: Plugin>() -> i32 {
     })
 }
 
-/// `m3u_execute_stage`: pulls the input into the arena, runs the plugin,
-/// pushes the encoded output back with `write_channels`.
+/// `m3u_execute_stage(stage, input_len)`: views the input the host wrote at
+/// the arena start, runs the plugin, and writes the answer right after the
+/// input (returning its length), or pushes a larger one with
+/// `write_channels` (returning 0).
 pub fn execute_stage<P: Plugin>(stage: i32, input_len: i32) -> i32 {
     let Some(stage) = u32::try_from(stage).ok().and_then(Stage::from_u32) else {
         return status::UNSUPPORTED_STAGE;
@@ -194,37 +293,43 @@ pub fn execute_stage<P: Plugin>(stage: i32, input_len: i32) -> i32 {
     }
     with_instance::<P>(|plugin| {
         with_data(|arena| {
-            let mut filled = 0;
-            while filled < input_len {
-                let read = hostcalls::read_channels(&mut arena[filled..input_len]);
-                if read <= 0 {
-                    break;
-                }
-                filled += read as usize;
-            }
-            let (input_bytes, spare) = arena.split_at_mut(filled);
-            let input: StageInput<'_> = match postcard::from_bytes(input_bytes) {
-                Ok(input) => input,
-                Err(_) => return status::DECODE_ERROR,
+            let (input_bytes, spare) = arena.split_at_mut(input_len);
+            let Ok((input, view)) = BatchView::parse(input_bytes) else {
+                return status::DECODE_ERROR;
             };
-            let output = match plugin.run(stage, input) {
+            let batch = Batch::new(view);
+            let output = RUN.with(|run| {
+                let ctx = StageContext {
+                    stage,
+                    memory_pressure: input.memory_pressure,
+                    available_memory: run.available_memory,
+                    proxy_name: Cow::Borrowed(&run.proxy_name),
+                    base_url: Cow::Borrowed(&run.base_url),
+                    batch_index: input.batch_index,
+                };
+                plugin.run(stage, &ctx, &batch)
+            });
+            let output = match output {
                 Ok(output) => output,
                 Err(error) => return error.status(),
             };
             // Fast path: encode straight into the free part of the arena.
             if let Ok(encoded) = postcard::to_slice(&output, spare) {
-                return push(encoded);
+                return encoded.len() as i32;
             }
-            // The output is larger than what is left: encode it on the heap,
-            // release the input, and send it through the arena in chunks.
+            // The output is larger than what is left: encode it on the heap
+            // and send it through the arena in chunks.
             let Ok(encoded) = postcard::to_allocvec(&output) else {
                 return status::PLUGIN_ERROR;
             };
             drop(output);
-            for chunk in encoded.chunks(arena.len()) {
-                let staged = &mut arena[..chunk.len()];
+            if spare.is_empty() {
+                return status::OUTPUT_LIMIT;
+            }
+            for chunk in encoded.chunks(spare.len()) {
+                let staged = &mut spare[..chunk.len()];
                 staged.copy_from_slice(chunk);
-                let status = push(staged);
+                let status = hostcalls::write_channels(staged);
                 if status != status::OK {
                     return status;
                 }
@@ -233,8 +338,4 @@ pub fn execute_stage<P: Plugin>(stage: i32, input_len: i32) -> i32 {
         })
         .unwrap_or(status::PLUGIN_ERROR)
     })
-}
-
-fn push(bytes: &[u8]) -> i32 {
-    hostcalls::write_channels(bytes)
 }

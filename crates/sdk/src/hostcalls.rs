@@ -8,6 +8,7 @@
 
 use crate::LogLevel;
 
+#[cfg(target_arch = "wasm32")]
 #[link(wasm_import_module = "host")]
 extern "C" {
     #[link_name = "log"]
@@ -16,6 +17,7 @@ extern "C" {
 
 /// Sends one log line to the host (which bounds size and rate). The line is
 /// staged in the arena's scratch region, cut to fit it.
+#[cfg(target_arch = "wasm32")]
 pub fn log(level: LogLevel, message: &str) {
     crate::arena::with_scratch(|scratch| {
         let len = message.len().min(scratch.len());
@@ -26,6 +28,7 @@ pub fn log(level: LogLevel, message: &str) {
     });
 }
 
+#[cfg(target_arch = "wasm32")]
 #[link(wasm_import_module = "host")]
 extern "C" {
     #[link_name = "get_memory_usage"]
@@ -33,27 +36,14 @@ extern "C" {
 }
 
 /// Bytes of linear memory this plugin currently occupies.
+#[cfg(target_arch = "wasm32")]
 pub fn memory_usage() -> u64 {
     // SAFETY: takes no arguments and touches no guest memory.
     let bytes = unsafe { host_get_memory_usage() };
     bytes.max(0) as u64
 }
 
-#[link(wasm_import_module = "host")]
-extern "C" {
-    #[link_name = "read_channels"]
-    fn host_read_channels(ptr: *mut u8, cap: i32) -> i32;
-}
-
-/// Copies the next bytes of the pending stage input into `buf`; returns how
-/// many were written (0 once the input is consumed).
-pub(crate) fn read_channels(buf: &mut [u8]) -> i32 {
-    let cap = buf.len().min(i32::MAX as usize) as i32;
-    // SAFETY: `buf` is an exclusive slice of the arena that lives for the
-    // whole call; the host writes at most `cap` bytes into it.
-    unsafe { host_read_channels(buf.as_mut_ptr(), cap) }
-}
-
+#[cfg(target_arch = "wasm32")]
 #[link(wasm_import_module = "host")]
 extern "C" {
     #[link_name = "write_channels"]
@@ -61,12 +51,14 @@ extern "C" {
 }
 
 /// Appends `bytes` (which must lie in the arena) to the stage output.
+#[cfg(target_arch = "wasm32")]
 pub(crate) fn write_channels(bytes: &[u8]) -> i32 {
     let len = bytes.len().min(i32::MAX as usize) as i32;
     // SAFETY: `bytes` is a live slice; the host only reads `len` bytes.
     unsafe { host_write_channels(bytes.as_ptr(), len) }
 }
 
+#[cfg(target_arch = "wasm32")]
 #[link(wasm_import_module = "host")]
 extern "C" {
     #[link_name = "get_config"]
@@ -80,11 +72,13 @@ pub(crate) enum ConfigLookup {
     /// The value.
     Value(alloc::string::String),
     /// The value is this many bytes: more than the buffer offered.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     TooLong(usize),
 }
 
 /// Asks the host for `key`'s value, staging key and value in `buffer` (a
 /// region of the arena).
+#[cfg(target_arch = "wasm32")]
 pub(crate) fn get_config(key: &str, buffer: &mut [u8]) -> ConfigLookup {
     let key_len = key.len();
     if key_len >= buffer.len() {
@@ -110,5 +104,33 @@ pub(crate) fn get_config(key: &str, buffer: &mut [u8]) -> ConfigLookup {
             .map(|text| ConfigLookup::Value(alloc::string::String::from(text)))
             .unwrap_or(ConfigLookup::Missing),
         None => ConfigLookup::TooLong(len),
+    }
+}
+
+/// Native fallback: the test host keeps the line.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn log(level: LogLevel, message: &str) {
+    crate::testing::record_log(level, message);
+}
+
+/// Native fallback: no linear memory to measure.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn memory_usage() -> u64 {
+    0
+}
+
+/// Native fallback: the test host collects the output.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn write_channels(bytes: &[u8]) -> i32 {
+    crate::testing::record_output(bytes);
+    m3u_proxy_plugin_abi::status::OK
+}
+
+/// Native fallback: answers from the table handed over at init.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn get_config(key: &str, _buffer: &mut [u8]) -> ConfigLookup {
+    match crate::config::get(key) {
+        Some(value) => ConfigLookup::Value(value),
+        None => ConfigLookup::Missing,
     }
 }

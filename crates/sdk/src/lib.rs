@@ -13,7 +13,7 @@
 //!
 //! impl Plugin for DropAdult {
 //!     const DESCRIPTION: &'static str = "Drops channels in adult groups";
-//!     // Only group-title is sent to this plugin; the rest arrives empty.
+//!     // Only group-title is sent to this plugin; the rest reads as empty.
 //!     const READS: FieldSet = FieldSet::of(&[Field::GroupTitle]);
 //!     fn as_filter(&mut self) -> Option<&mut dyn Filter> {
 //!         Some(self)
@@ -21,13 +21,19 @@
 //! }
 //!
 //! impl Filter for DropAdult {
-//!     fn keep(&mut self, _ctx: &StageContext<'_>, channel: &Channel<'_>) -> bool {
-//!         !channel.group_title.to_ascii_lowercase().contains("adult")
+//!     fn keep(&mut self, _ctx: &StageContext<'_>, channel: ChannelRef<'_>) -> bool {
+//!         !channel.group_title().to_ascii_lowercase().contains("adult")
 //!     }
 //! }
 //!
 //! export_plugin!(DropAdult, "drop_adult");
 //! ```
+//!
+//! The batch arrives as columns (ABI 2, `docs/ABI.md`): a [`ChannelRef`]'s
+//! accessors are slice look-ups returning `&str`, and nothing is decoded or
+//! allocated per channel. Fields a plugin does not read are not sent: the
+//! constant [`Plugin::READS`], or [`Plugin::reads`] decided after `init`
+//! from the configuration.
 //!
 //! Settings: the plugin's `[plugins.<name>]` table reaches it at init; read
 //! it with [`config::get`] in [`Plugin::init`]. That needs no host function
@@ -35,21 +41,32 @@
 //! that call [`config::lookup_live`]).
 //!
 //! Stages and their traits:
-//! - filtering → [`Filter`]: answer keep/drop per channel (sent as a bitmask);
-//! - data_mapping → [`Mapper`]: push field patches per channel;
-//! - channel_numbering → [`Numberer`]: return a number per channel;
-//! - source_loading, m3u_generation → [`Transformer`]: rewrite the whole batch
-//!   (needs `READS = FieldSet::ALL`, since whole channels come back).
+//! - [`Filter`]: keep/drop per channel (sent as a bitmask, or "keep all");
+//!   filtering by default;
+//! - [`Mapper`]: field changes per channel (sent as columns of new values);
+//!   data_mapping by default, any stage with [`Mapper::stages`] (e.g. a URL
+//!   rewrite at m3u_generation);
+//! - [`Numberer`]: a number per channel (channel_numbering);
+//! - [`Transformer`]: rebuild the batch (reorder, drop, add channels), for
+//!   source_loading and m3u_generation.
+//!
+//! Natively (not on wasm32) the host functions have fallbacks, so a plugin
+//! crate's unit tests run the plugin itself through [`testing::TestHost`].
 #![warn(missing_docs)]
 #![no_std]
 
 extern crate alloc;
+#[cfg(not(target_arch = "wasm32"))]
+extern crate std;
 
 mod arena;
+mod batch;
 pub mod config;
 #[doc(hidden)]
 pub mod dispatcher;
 mod hostcalls;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 use alloc::borrow::Cow;
 use alloc::string::String;
@@ -62,14 +79,15 @@ pub use m3u_proxy_plugin_abi::{
 };
 
 pub use arena::{ARENA_BYTES, DATA_BYTES, SCRATCH_BYTES};
+pub use batch::{Batch, ChannelRef};
 pub use hostcalls::{log, memory_usage};
 
 /// Everything a plugin author needs, in one import.
 pub mod prelude {
     pub use crate::{
-        config, export_plugin, log_error, log_info, log_warn, Channel, Field, FieldSet, Filter,
-        KeepMask, Mapper, MemoryPressureLevel, Numberer, Patches, Plugin, PluginError, Stage,
-        StageContext, Transformer,
+        config, export_plugin, log_error, log_info, log_warn, Batch, Channel, ChannelRef, Field,
+        FieldSet, Filter, KeepMask, Mapper, MemoryPressureLevel, Numberer, Patches, Plugin,
+        PluginError, Rebuilt, Stage, StageContext, Transformer,
     };
     pub use alloc::borrow::Cow;
 }
@@ -120,14 +138,21 @@ impl PluginError {
 /// What every plugin implements. All items have defaults except the stage
 /// hooks you want: return `Some(self)` from the ones your type implements.
 pub trait Plugin: Default + 'static {
-    /// Version reported to the host.
-    const VERSION: &'static str = "0.1.0";
+    /// Version reported to the host; empty (the default) reports the
+    /// plugin crate's own version (`CARGO_PKG_VERSION`).
+    const VERSION: &'static str = "";
     /// One-line description.
     const DESCRIPTION: &'static str = "";
     /// Author.
     const AUTHOR: &'static str = "";
-    /// Fields the host sends; the others arrive empty. Fewer is faster.
+    /// Fields the host sends; the others read as empty. Fewer is faster.
+    /// See [`Plugin::reads`] to decide them from the configuration.
     const READS: FieldSet = FieldSet::ALL;
+    /// True if the plugin keeps no state from one batch to the next, so a
+    /// host may run several instances of it in parallel (each sees some of
+    /// the batches; this host reports it but does not do that yet). Leave `false` for a plugin that remembers
+    /// anything across batches (a dedup key set, a counter).
+    const PARALLEL_SAFE: bool = false;
     /// Highest memory pressure at which the plugin agrees to run.
     const MAX_PRESSURE: MemoryPressureLevel = MemoryPressureLevel::Emergency;
     /// Linear memory the plugin needs at least, in bytes.
@@ -141,13 +166,21 @@ pub trait Plugin: Default + 'static {
         Ok(())
     }
 
+    /// The fields to send at `stage`, asked after [`Plugin::init`] (so they
+    /// can follow the configuration). Default: [`Plugin::READS`].
+    fn reads(&self, stage: Stage) -> FieldSet {
+        let _ = stage;
+        Self::READS
+    }
+
     /// Called when the host unloads the plugin.
     fn cleanup(&mut self) {}
 
     /// A pipeline run starts at memory pressure `level`: forget per-run
     /// state (a dedup key set, a number counter). Called before the run's
-    /// first batch, once for each stage the plugin is listed in, right
-    /// before [`Plugin::accepts_pressure`]. Default does nothing.
+    /// first batch, right before [`Plugin::accepts_pressure`]; the run's
+    /// context (proxy name, base URL) is in every later call's
+    /// [`StageContext`]. Default does nothing.
     fn start_run(&mut self, level: MemoryPressureLevel) {
         let _ = level;
     }
@@ -162,7 +195,7 @@ pub trait Plugin: Default + 'static {
         None
     }
 
-    /// `Some(self)` if the plugin maps fields.
+    /// `Some(self)` if the plugin changes fields.
     fn as_mapper(&mut self) -> Option<&mut dyn Mapper> {
         None
     }
@@ -172,43 +205,50 @@ pub trait Plugin: Default + 'static {
         None
     }
 
-    /// `Some(self)` if the plugin rewrites whole batches.
+    /// `Some(self)` if the plugin rebuilds whole batches.
     fn as_transformer(&mut self) -> Option<&mut dyn Transformer> {
         None
     }
 }
 
-/// The filtering stage: keep or drop each channel.
+/// Keep or drop each channel.
 pub trait Filter {
+    /// The stages this filter handles.
+    fn stages(&self) -> &'static [Stage] {
+        &[Stage::Filtering]
+    }
+
     /// Per channel: `true` keeps it. Default keeps everything.
-    fn keep(&mut self, ctx: &StageContext<'_>, channel: &Channel<'_>) -> bool {
+    fn keep(&mut self, ctx: &StageContext<'_>, channel: ChannelRef<'_>) -> bool {
         let _ = (ctx, channel);
         true
     }
 
-    /// Per batch: fill `keep`. The default asks [`Filter::keep`] per channel.
-    fn filter_batch(
-        &mut self,
-        ctx: &StageContext<'_>,
-        channels: &[Channel<'_>],
-        keep: &mut KeepMask,
-    ) {
-        for (index, channel) in channels.iter().enumerate() {
-            if self.keep(ctx, channel) {
-                keep.keep(index);
+    /// Per batch: drop channels from `keep` (which starts with every channel
+    /// kept). The default asks [`Filter::keep`] per channel.
+    fn filter_batch(&mut self, ctx: &StageContext<'_>, batch: &Batch<'_>, keep: &mut KeepMask) {
+        for channel in batch.iter() {
+            if !self.keep(ctx, channel) {
+                keep.drop(channel.index());
             }
         }
     }
 }
 
-/// The data-mapping stage: change fields of channels.
+/// Change fields of channels.
 pub trait Mapper {
+    /// The stages this mapper handles (a URL rewrite may map at
+    /// m3u_generation, for example).
+    fn stages(&self) -> &'static [Stage] {
+        &[Stage::DataMapping]
+    }
+
     /// Per channel: record changes in `patches` (already pointed at this
     /// channel). Default changes nothing.
     fn map<'a>(
         &mut self,
         ctx: &StageContext<'_>,
-        channel: &Channel<'a>,
+        channel: ChannelRef<'a>,
         patches: &mut Patches<'a>,
     ) {
         let _ = (ctx, channel, patches);
@@ -218,11 +258,11 @@ pub trait Mapper {
     fn map_batch<'a>(
         &mut self,
         ctx: &StageContext<'_>,
-        channels: &[Channel<'a>],
+        batch: &'a Batch<'a>,
         patches: &mut Patches<'a>,
     ) {
-        for (index, channel) in channels.iter().enumerate() {
-            patches.current = index as u32;
+        for channel in batch.iter() {
+            patches.point_at(channel.index());
             self.map(ctx, channel, patches);
         }
     }
@@ -231,103 +271,209 @@ pub trait Mapper {
 /// The channel-numbering stage.
 pub trait Numberer {
     /// The number for this channel, or `None` to leave it to the host.
-    fn number(&mut self, ctx: &StageContext<'_>, channel: &Channel<'_>) -> Option<u32>;
+    fn number(&mut self, ctx: &StageContext<'_>, channel: ChannelRef<'_>) -> Option<u32>;
 }
 
-/// Whole-batch rewriting, for source_loading and m3u_generation.
+/// Whole-batch rebuilding, for source_loading and m3u_generation: reorder,
+/// drop, change and add channels. Only for plugins that really do that; a
+/// plugin that changes fields is a [`Mapper`] at that stage.
 pub trait Transformer {
     /// The stages this transformer handles.
     fn stages(&self) -> &'static [Stage] {
         &[Stage::SourceLoading, Stage::M3uGeneration]
     }
 
-    /// Returns the new batch. Default returns it unchanged.
+    /// Builds the new batch in `out`, which starts empty: list the input
+    /// channels to keep, in the new order, with [`Rebuilt::keep`], add new
+    /// ones with [`Rebuilt::add`]. Default keeps the batch as it is.
     fn transform<'a>(
         &mut self,
         ctx: &StageContext<'_>,
-        channels: Vec<Channel<'a>>,
-    ) -> Vec<Channel<'a>> {
+        batch: &'a Batch<'a>,
+        out: &mut Rebuilt<'a>,
+    ) {
         let _ = ctx;
-        channels
+        out.keep_all(batch.len());
     }
 }
 
-/// Keep/drop answers for one batch; starts with every channel dropped.
+/// Keep/drop answers for one batch; starts with every channel kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeepMask {
-    bits: Vec<u8>,
+    channels: usize,
+    /// `None` while every channel is kept (answered as "keep all").
+    bits: Option<Vec<u8>>,
 }
 
 impl KeepMask {
-    /// A mask for `channels` channels, all dropped.
+    /// A mask for `channels` channels, all kept.
     pub fn new(channels: usize) -> Self {
         KeepMask {
-            bits: vec![0; m3u_proxy_plugin_abi::keep_mask_len(channels)],
+            channels,
+            bits: None,
         }
     }
 
-    /// Keeps channel `index` (ignored when out of range).
+    /// Drops channel `index` (ignored when out of range).
+    pub fn drop(&mut self, index: usize) {
+        if index >= self.channels {
+            return;
+        }
+        let channels = self.channels;
+        let bits = self.bits.get_or_insert_with(|| {
+            let mut bits = vec![0xff; m3u_proxy_plugin_abi::keep_mask_len(channels)];
+            if !channels.is_multiple_of(8) {
+                if let Some(last) = bits.last_mut() {
+                    *last = (1u8 << (channels % 8)) - 1;
+                }
+            }
+            bits
+        });
+        bits[index / 8] &= !(1 << (index % 8));
+    }
+
+    /// Keeps channel `index` again (ignored when out of range).
     pub fn keep(&mut self, index: usize) {
-        if index / 8 < self.bits.len() {
-            m3u_proxy_plugin_abi::keep_mask_set(&mut self.bits, index);
+        if let Some(bits) = &mut self.bits {
+            if index < self.channels {
+                m3u_proxy_plugin_abi::keep_mask_set(bits, index);
+            }
         }
     }
 
     /// Whether channel `index` is kept.
     pub fn is_kept(&self, index: usize) -> bool {
-        m3u_proxy_plugin_abi::keep_mask_get(&self.bits, index)
+        match &self.bits {
+            None => index < self.channels,
+            Some(bits) => m3u_proxy_plugin_abi::keep_mask_get(bits, index),
+        }
     }
 
-    /// The encoded mask.
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.bits
+    /// The answer: "keep all" if nothing was dropped, else the bitmask.
+    pub fn into_answer(self) -> abi::StageOutput<'static> {
+        match self.bits {
+            None => abi::StageOutput::KeepAll,
+            Some(bits) => abi::StageOutput::Keep(Cow::Owned(bits)),
+        }
     }
 }
 
 /// Field changes for one batch. [`Mapper::map`] receives it pointed at the
-/// channel being mapped.
+/// channel being mapped; text values go out as one column per field.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Patches<'a> {
     current: u32,
+    fields: [Option<abi::FieldValues<'static>>; Field::ALL.len()],
     patches: Vec<Patch<'a>>,
 }
 
 impl<'a> Patches<'a> {
-    /// Sets a text field of the current channel.
-    pub fn set(&mut self, field: Field, value: impl Into<Cow<'a, str>>) {
-        self.push(PatchOp::SetField(field, value.into()));
+    /// Points later changes at channel `index` of the batch.
+    pub fn point_at(&mut self, index: usize) {
+        self.current = index as u32;
+    }
+
+    /// Sets a text field of the current channel (the value is copied; a
+    /// list field is ignored).
+    pub fn set(&mut self, field: Field, value: impl AsRef<str>) {
+        if !field.is_text() {
+            return;
+        }
+        self.fields[field as usize]
+            .get_or_insert_with(|| abi::FieldValues::new(field))
+            .push(self.current, value.as_ref());
     }
 
     /// Sets (or adds) an extra attribute of the current channel.
     pub fn set_attribute(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
-        self.push(PatchOp::SetAttribute(name.into(), value.into()));
+        self.patches.push(Patch {
+            index: self.current,
+            op: PatchOp::SetAttribute(name.into(), value.into()),
+        });
     }
 
     /// Removes an extra attribute of the current channel.
     pub fn remove_attribute(&mut self, name: impl Into<Cow<'a, str>>) {
-        self.push(PatchOp::RemoveAttribute(name.into()));
+        self.patches.push(Patch {
+            index: self.current,
+            op: PatchOp::RemoveAttribute(name.into()),
+        });
     }
 
-    /// Number of patches so far.
+    /// Number of changes so far.
     pub fn len(&self) -> usize {
-        self.patches.len()
+        self.fields.iter().flatten().map(|f| f.len()).sum::<usize>() + self.patches.len()
     }
 
     /// True if nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.patches.is_empty()
+        self.len() == 0
     }
 
-    fn push(&mut self, op: PatchOp<'a>) {
-        self.patches.push(Patch {
-            index: self.current,
-            op,
-        });
+    /// The changes, for the wire.
+    pub fn into_changes(self) -> abi::Changes<'a> {
+        abi::Changes {
+            fields: self.fields.into_iter().flatten().collect(),
+            patches: self.patches,
+        }
     }
 
-    /// The patches, for the wire.
-    pub fn into_vec(self) -> Vec<Patch<'a>> {
-        self.patches
+    /// The answer: "keep all" if nothing changed, else the changes.
+    pub fn into_answer(self) -> abi::StageOutput<'a> {
+        if self.is_empty() {
+            abi::StageOutput::KeepAll
+        } else {
+            abi::StageOutput::Changes(self.into_changes())
+        }
+    }
+}
+
+/// A rebuilt batch: input channels by position (in the new order, each at
+/// most once), new channels, and changes to input channels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rebuilt<'a> {
+    input_len: usize,
+    order: Vec<u8>,
+    added: Vec<Channel<'a>>,
+    /// Changes to input channels (point them with [`Patches::point_at`]).
+    pub patches: Patches<'a>,
+}
+
+impl<'a> Rebuilt<'a> {
+    fn new(input_len: usize) -> Self {
+        Rebuilt {
+            input_len,
+            ..Rebuilt::default()
+        }
+    }
+
+    /// Appends input channel `index` to the output.
+    pub fn keep(&mut self, index: usize) {
+        self.order.extend_from_slice(&(index as u32).to_le_bytes());
+    }
+
+    /// Appends every input channel `0..len`, in order.
+    pub fn keep_all(&mut self, len: usize) {
+        for index in 0..len {
+            self.keep(index);
+        }
+    }
+
+    /// Appends a new channel (the host gives it a new id).
+    pub fn add(&mut self, channel: Channel<'a>) {
+        let position = self.input_len + self.added.len();
+        self.order
+            .extend_from_slice(&(position as u32).to_le_bytes());
+        self.added.push(channel);
+    }
+
+    /// The answer.
+    pub fn into_answer(self) -> abi::StageOutput<'a> {
+        abi::StageOutput::Rebuild(abi::Rebuild {
+            order: Cow::Owned(self.order),
+            changes: self.patches.into_changes(),
+            added: self.added,
+        })
     }
 }
 
@@ -363,7 +509,9 @@ pub fn __format(args: core::fmt::Arguments<'_>) -> String {
 /// Registers `$plugin` (a `Default + Plugin` type) under `$name`: emits the
 /// ABI version section and every export of `docs/ABI.md`, with
 /// `m3u_init(config_len: i32)` so the host hands the config table over at
-/// init (see [`config`]).
+/// init (see [`config`]) and `m3u_check_memory_pressure(level, context_len)`
+/// so it hands the run's context over once per run. The reported version is
+/// [`Plugin::VERSION`], or the calling crate's own version if that is empty.
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty, $name:expr) => {
@@ -383,7 +531,7 @@ macro_rules! export_plugin {
 
         #[no_mangle]
         pub extern "C" fn m3u_plugin_info() -> i32 {
-            $crate::dispatcher::plugin_info::<$plugin>($name)
+            $crate::dispatcher::plugin_info::<$plugin>($name, env!("CARGO_PKG_VERSION"))
         }
 
         #[no_mangle]
@@ -397,8 +545,8 @@ macro_rules! export_plugin {
         }
 
         #[no_mangle]
-        pub extern "C" fn m3u_check_memory_pressure(level: i32) -> i32 {
-            $crate::dispatcher::check_memory_pressure::<$plugin>(level)
+        pub extern "C" fn m3u_check_memory_pressure(level: i32, context_len: i32) -> i32 {
+            $crate::dispatcher::check_memory_pressure::<$plugin>(level, context_len)
         }
 
         #[no_mangle]

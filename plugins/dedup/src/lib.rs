@@ -121,13 +121,13 @@ impl DedupPlugin {
     }
 }
 
-fn fields_of<'c>(channels: &'c [Channel<'_>]) -> Vec<Fields<'c>> {
-    channels
+fn fields_of<'c>(batch: &'c Batch<'c>) -> Vec<Fields<'c>> {
+    batch
         .iter()
         .map(|channel| Fields {
-            tvg_id: &channel.tvg_id,
-            name: &channel.channel_name,
-            url: &channel.stream_url,
+            tvg_id: channel.tvg_id(),
+            name: channel.name(),
+            url: channel.url(),
         })
         .collect()
 }
@@ -135,9 +135,27 @@ fn fields_of<'c>(channels: &'c [Channel<'_>]) -> Vec<Fields<'c>> {
 impl Plugin for DedupPlugin {
     const DESCRIPTION: &'static str =
         "Drops duplicate channels by tvg-id, name, URL or a combination (exact set or Bloom filter)";
-    // Every field any `key`/`keep` setting needs: READS is fixed before the
-    // config is known, so the plugin always reads these three.
+    // Every field any `key`/`keep` setting needs; after init, `reads` asks
+    // only for what the configuration uses.
     const READS: FieldSet = FieldSet::of(&[Field::TvgId, Field::ChannelName, Field::StreamUrl]);
+
+    /// The key's fields, the name for `keep = "best"` (its quality tags),
+    /// the URL for `merge_alternates`; the same at both stages, since the
+    /// data_mapping dry run must decide exactly like the filtering call.
+    fn reads(&self, _stage: Stage) -> FieldSet {
+        let config = self.dedup.config();
+        let mut fields = Vec::new();
+        if config.key.tvg_id {
+            fields.push(Field::TvgId);
+        }
+        if config.key.name || config.keep == logic::Keep::Best {
+            fields.push(Field::ChannelName);
+        }
+        if config.key.url || config.merge_alternates {
+            fields.push(Field::StreamUrl);
+        }
+        FieldSet::of(&fields)
+    }
 
     fn init(&mut self) -> Result<(), PluginError> {
         let config = Config::from_lookup(config::get).map_err(PluginError::Config)?;
@@ -182,14 +200,9 @@ impl Plugin for DedupPlugin {
 }
 
 impl Filter for DedupPlugin {
-    fn filter_batch(
-        &mut self,
-        ctx: &StageContext<'_>,
-        channels: &[Channel<'_>],
-        keep: &mut KeepMask,
-    ) {
+    fn filter_batch(&mut self, ctx: &StageContext<'_>, batch: &Batch<'_>, keep: &mut KeepMask) {
         self.begin_call(ctx);
-        let fields = fields_of(channels);
+        let fields = fields_of(batch);
         if self.dedup.config().merge_alternates {
             // The same dry run as at data_mapping (same keys, same batch),
             // checked against it, then committed.
@@ -200,8 +213,8 @@ impl Filter for DedupPlugin {
             self.dedup.decide_batch(&fields, &mut self.decisions);
         }
         for (index, decision) in self.decisions.iter().enumerate() {
-            if decision.is_keep() {
-                keep.keep(index);
+            if !decision.is_keep() {
+                keep.drop(index);
             }
         }
     }
@@ -214,15 +227,15 @@ impl Mapper for DedupPlugin {
     fn map_batch<'a>(
         &mut self,
         ctx: &StageContext<'_>,
-        channels: &[Channel<'a>],
+        batch: &'a Batch<'a>,
         patches: &mut Patches<'a>,
     ) {
         if !self.dedup.config().merge_alternates {
             return;
         }
         self.begin_call(ctx);
-        let fields = fields_of(channels);
-        let mut decisions = Vec::with_capacity(channels.len());
+        let fields = fields_of(batch);
+        let mut decisions = Vec::with_capacity(batch.len());
         self.dedup.plan_batch(&fields, &mut decisions);
         let mut values = Vec::new();
         logic::alternate_urls(&fields, &decisions, &mut values);
@@ -261,7 +274,7 @@ impl Mapper for DedupPlugin {
             values: values.into_iter().peekable(),
             index: 0,
         };
-        attach.map_batch(ctx, channels, patches);
+        attach.map_batch(ctx, batch, patches);
     }
 }
 
@@ -276,7 +289,7 @@ impl<I: Iterator<Item = (u32, String)>> Mapper for Attach<I> {
     fn map<'a>(
         &mut self,
         _ctx: &StageContext<'_>,
-        _channel: &Channel<'a>,
+        _channel: ChannelRef<'a>,
         patches: &mut Patches<'a>,
     ) {
         if let Some((_, value)) = self.values.next_if(|(index, _)| *index == self.index) {

@@ -12,8 +12,6 @@ mod tests;
 
 use logic::{ChannelFields, LogoMapper};
 
-// Only `export_plugin!` constructs it, and that is left out of native tests.
-#[cfg_attr(test, allow(dead_code))]
 #[derive(Default)]
 struct LogoMapperPlugin {
     mapper: LogoMapper,
@@ -31,6 +29,7 @@ impl Plugin for LogoMapperPlugin {
         Field::TvgLogo,
         Field::ChannelName,
     ]);
+    const PARALLEL_SAFE: bool = true;
 
     fn init(&mut self) -> Result<(), PluginError> {
         self.mapper = LogoMapper::new(config::get).map_err(PluginError::Config)?;
@@ -56,7 +55,7 @@ impl Mapper for LogoMapperPlugin {
     fn map<'a>(
         &mut self,
         ctx: &StageContext<'_>,
-        channel: &Channel<'a>,
+        channel: ChannelRef<'a>,
         patches: &mut Patches<'a>,
     ) {
         if !self.warned_no_base
@@ -70,10 +69,10 @@ impl Mapper for LogoMapperPlugin {
             );
         }
         let fields = ChannelFields {
-            channel_name: &channel.channel_name,
-            tvg_name: &channel.tvg_name,
-            tvg_id: &channel.tvg_id,
-            tvg_logo: &channel.tvg_logo,
+            channel_name: channel.name(),
+            tvg_name: channel.tvg_name(),
+            tvg_id: channel.tvg_id(),
+            tvg_logo: channel.tvg_logo(),
         };
         let changes = self.mapper.map_channel(&fields, &ctx.base_url);
         if changes.is_empty() {
@@ -88,7 +87,4 @@ impl Mapper for LogoMapperPlugin {
     }
 }
 
-// Natively (`cargo test -p logo-mapper`) the exports would need the host's
-// imports to link; the unit tests exercise `logic` only.
-#[cfg(not(test))]
 export_plugin!(LogoMapperPlugin, "logo_mapper");

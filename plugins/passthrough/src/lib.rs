@@ -8,6 +8,7 @@ struct Passthrough;
 impl Plugin for Passthrough {
     const DESCRIPTION: &'static str = "Keeps every channel";
     const READS: FieldSet = FieldSet::NONE;
+    const PARALLEL_SAFE: bool = true;
 
     fn as_filter(&mut self) -> Option<&mut dyn Filter> {
         Some(self)

@@ -85,15 +85,15 @@ impl Mapper for SportsPlugin {
     fn map<'a>(
         &mut self,
         _ctx: &StageContext<'_>,
-        channel: &Channel<'a>,
+        channel: ChannelRef<'a>,
         patches: &mut Patches<'a>,
     ) {
         let optimizer = self.optimizer();
         let refused_before = optimizer.numbers().map_or(0, |n| n.refused());
         let Some(mapping) = optimizer.map_channel(
-            &channel.channel_name,
-            &channel.group_title,
-            &channel.tvg_chno,
+            channel.name(),
+            channel.group_title(),
+            channel.tvg_chno(),
             channel.attribute(COUNTRY),
             channel.attribute(LANGUAGE),
         ) else {
@@ -121,10 +121,10 @@ impl Mapper for SportsPlugin {
 }
 
 impl Filter for SportsPlugin {
-    fn keep(&mut self, _ctx: &StageContext<'_>, channel: &Channel<'_>) -> bool {
+    fn keep(&mut self, _ctx: &StageContext<'_>, channel: ChannelRef<'_>) -> bool {
         self.optimizer().keep(
-            &channel.channel_name,
-            &channel.group_title,
+            channel.name(),
+            channel.group_title(),
             channel.attribute(COUNTRY),
             channel.attribute(LANGUAGE),
         )

@@ -27,12 +27,7 @@ impl Plugin for AllocBomb {
 }
 
 impl Filter for AllocBomb {
-    fn filter_batch(
-        &mut self,
-        _ctx: &StageContext<'_>,
-        _channels: &[Channel<'_>],
-        _keep: &mut KeepMask,
-    ) {
+    fn filter_batch(&mut self, _ctx: &StageContext<'_>, _batch: &Batch<'_>, _keep: &mut KeepMask) {
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
             chunk.push(1u8);

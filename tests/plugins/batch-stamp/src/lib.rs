@@ -19,7 +19,7 @@ impl Mapper for BatchStamp {
     fn map<'a>(
         &mut self,
         ctx: &StageContext<'_>,
-        _channel: &Channel<'a>,
+        _channel: ChannelRef<'a>,
         patches: &mut Patches<'a>,
     ) {
         patches.set_attribute("x-batch", format!("{}", ctx.batch_index));

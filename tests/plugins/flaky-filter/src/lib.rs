@@ -33,21 +33,21 @@ impl Mapper for FlakyFilter {
     fn map<'a>(
         &mut self,
         _ctx: &StageContext<'_>,
-        channel: &Channel<'a>,
+        channel: ChannelRef<'a>,
         _patches: &mut Patches<'a>,
     ) {
-        if channel.channel_name.contains(self.trap_on.as_str()) {
+        if channel.name().contains(self.trap_on.as_str()) {
             trap()
         }
     }
 }
 
 impl Filter for FlakyFilter {
-    fn keep(&mut self, _ctx: &StageContext<'_>, channel: &Channel<'_>) -> bool {
-        if channel.channel_name.contains(self.trap_on.as_str()) {
+    fn keep(&mut self, _ctx: &StageContext<'_>, channel: ChannelRef<'_>) -> bool {
+        if channel.name().contains(self.trap_on.as_str()) {
             trap()
         }
-        !channel.channel_name.contains("[Geo-blocked]")
+        !channel.name().contains("[Geo-blocked]")
     }
 }
 

@@ -20,7 +20,7 @@ impl Mapper for Tagger {
     fn map<'a>(
         &mut self,
         _ctx: &StageContext<'_>,
-        _channel: &Channel<'a>,
+        _channel: ChannelRef<'a>,
         patches: &mut Patches<'a>,
     ) {
         patches.set_attribute("tagger-build", "b");
