@@ -274,9 +274,22 @@ fn run(config: &Path, input: &Path, pressure: &str) -> Measured {
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
-    // useful either way: this bench has no filters, it runs everything.
+    // useful either way. PIPELINE_BENCH_ONLY="native only,3 plugins" keeps
+    // the setups whose label contains one of the comma-separated parts (the
+    // native baseline always runs).
     let dir = target_dir().join("bench-data");
-    let setups = setups();
+    let only = std::env::var("PIPELINE_BENCH_ONLY").ok();
+    let setups: Vec<_> = setups()
+        .into_iter()
+        .filter(|setup| {
+            setup.label.starts_with("native only")
+                || only.as_deref().is_none_or(|parts| {
+                    parts
+                        .split(',')
+                        .any(|part| setup.label.contains(part.trim()))
+                })
+        })
+        .collect();
     println!(
         "{:<9} {:<32} {:>9} {:>12} {:>10} {:>10} {:>9} {:>9}",
         "channels",

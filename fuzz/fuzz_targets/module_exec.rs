@@ -4,7 +4,10 @@
 //! The first bytes choose the shape of the module:
 //! - plugin-shaped (exports exactly the ABI's `memory` and seven functions,
 //!   bodies random) or free-form (any exports, up to 2 memories and 5 tables,
-//!   so the store limits are hit too);
+//!   so the store limits are hit too); a plugin-shaped module's
+//!   `m3u_check_memory_pressure` is `(level)` or `(level, context_len)` and
+//!   its `m3u_init` `()` or `(config_len)`, the two forms ABI 2 accepts of
+//!   each (bits 1 and 2 of the first byte, which `bool` leaves unused);
 //! - whether the `m3u_abi_version` section is appended (almost always);
 //! - now and then invalid function bodies, for the validator.
 //!
@@ -14,8 +17,10 @@
 //!
 //! 1. The host: `PluginRuntime::compile` then `instantiate` (arena, info,
 //!    init) under fuel_per_call 100 000, fuel_slice 10 000, 1 s timeout and
-//!    2 MiB of memory; if that loads, `accepts_pressure`, `PluginSlot::run`
-//!    for two stages on a two-channel batch, and `cleanup`.
+//!    2 MiB of memory; if that loads, `PluginSlot::start_run` (the run
+//!    context for `accepts_pressure`), `PluginSlot::run` for two stages on a
+//!    two-channel batch (a positive return is an answer written in place
+//!    after the input, 0 one pushed with `write_channels`), and `cleanup`.
 //! 2. The engine directly (wasmi with the host's settings: fuel on, eager
 //!    compilation, recursion limit 1000, `StoreLimits` of 2 MiB / 1 memory /
 //!    4 tables / 100 000 elements): instantiate with stub `host.*` functions,
@@ -32,7 +37,10 @@ use std::time::Duration;
 
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
-use m3u_plugin_host::abi::{host_functions, Channel, MemoryPressureLevel, Stage, StageContext};
+use m3u_plugin_host::abi::{
+    host_functions, Channel, MemoryPressureLevel, RunContext, Stage, StageContext, ABI_VERSION,
+    ABI_VERSION_SECTION,
+};
 use m3u_plugin_host::pipeline::PluginSlot;
 use m3u_plugin_host::runtime::{PluginRuntime, PluginSettings, RuntimeLimits, MIN_FUEL_SLICE};
 use m3u_plugin_host::OwnedChannel;
@@ -42,18 +50,36 @@ use wasmi::{
 
 const FUEL: u64 = 100_000;
 const MEMORY_LIMIT: usize = 2 << 20;
-/// `m3u_abi_version` = 2 (docs/ABI.md §1).
-const ABI_SECTION: &[u8] = b"\x00\x14\x0fm3u_abi_version\x02\x00\x00\x00";
+/// The custom section `m3u_abi_version` holding [`ABI_VERSION`] (docs/ABI.md §1).
+fn abi_section() -> Vec<u8> {
+    let name = ABI_VERSION_SECTION.as_bytes();
+    let mut section = vec![0, (1 + name.len() + 4) as u8, name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&ABI_VERSION.to_le_bytes());
+    section
+}
 
-const PLUGIN_EXPORTS: &str = r#"(module
+/// The ABI's exports; `m3u_init` and `m3u_check_memory_pressure` have two
+/// accepted signatures each.
+fn plugin_exports(pressure_with_context: bool, init_with_config: bool) -> String {
+    let pressure = if pressure_with_context {
+        "(param i32 i32)"
+    } else {
+        "(param i32)"
+    };
+    let init = if init_with_config { "(param i32)" } else { "" };
+    format!(
+        r#"(module
   (memory (export "memory") 1)
   (func (export "m3u_arena_ptr") (result i32) unreachable)
   (func (export "m3u_arena_capacity") (result i32) unreachable)
   (func (export "m3u_plugin_info") (result i32) unreachable)
-  (func (export "m3u_init") (result i32) unreachable)
+  (func (export "m3u_init") {init} (result i32) unreachable)
   (func (export "m3u_execute_stage") (param i32 i32) (result i32) unreachable)
-  (func (export "m3u_check_memory_pressure") (param i32) (result i32) unreachable)
-  (func (export "m3u_cleanup") (result i32) unreachable))"#;
+  (func (export "m3u_check_memory_pressure") {pressure} (result i32) unreachable)
+  (func (export "m3u_cleanup") (result i32) unreachable))"#
+    )
+}
 
 const HOST_IMPORTS: &str = r#"(module
   (import "host" "log" (func (param i32 i32 i32)))
@@ -63,15 +89,21 @@ const HOST_IMPORTS: &str = r#"(module
   (import "host" "get_config" (func (param i32 i32 i32 i32) (result i32))))"#;
 
 struct Templates {
-    exports: Vec<u8>,
+    /// Indexed by `pressure_with_context as usize | (init_with_config as usize) << 1`.
+    exports: [Vec<u8>; 4],
     imports: Vec<u8>,
+    abi_section: Vec<u8>,
 }
 
 fn templates() -> &'static Templates {
     static T: OnceLock<Templates> = OnceLock::new();
     T.get_or_init(|| Templates {
-        exports: wat::parse_str(PLUGIN_EXPORTS).expect("exports template"),
+        exports: [0, 1, 2, 3].map(|forms: usize| {
+            wat::parse_str(plugin_exports(forms & 1 != 0, forms & 2 != 0))
+                .expect("exports template")
+        }),
         imports: wat::parse_str(HOST_IMPORTS).expect("imports template"),
+        abi_section: abi_section(),
     })
 }
 
@@ -100,12 +132,16 @@ fn engine() -> Engine {
 }
 
 fn smith_config(u: &mut Unstructured<'_>) -> arbitrary::Result<(wasm_smith::Config, bool, bool)> {
+    // `bool` reads bit 0 of the first byte; bits 1 and 2 pick the export
+    // forms without shifting what the rest of the input means (the saved
+    // crashers in fuzz/regressions/module_exec keep their modules).
+    let export_forms = usize::from(u.peek_bytes(1).map_or(0, |b| b[0]) >> 1) & 3;
     let plugin_shaped: bool = u.arbitrary()?;
     let with_abi = u.ratio(15u8, 16u8)?;
     let invalid = u.ratio(1u8, 16u8)?;
     let mut config = wasm_smith::Config {
         available_imports: u.arbitrary::<bool>()?.then(|| templates().imports.clone()),
-        exports: plugin_shaped.then(|| templates().exports.clone()),
+        exports: plugin_shaped.then(|| templates().exports[export_forms].clone()),
         // What wasmi 2.0 validates by default (docs/ABI.md §2), plus
         // memory64 and multi-memory, which the host's wasmi also accepts.
         simd_enabled: false,
@@ -165,7 +201,12 @@ fn through_runtime(wasm: &[u8]) {
         return;
     };
     let mut slot = PluginSlot::new(instance, "fuzz.wasm".into());
-    let _ = slot.instance.accepts_pressure(MemoryPressureLevel::Optimal);
+    let run_context = RunContext {
+        proxy_name: Cow::Borrowed("fuzz"),
+        base_url: Cow::Borrowed("http://fuzz/"),
+        ..RunContext::default()
+    };
+    let _ = slot.start_run(MemoryPressureLevel::Optimal, &run_context);
     for stage in [Stage::DataMapping, Stage::Filtering] {
         let context = StageContext {
             stage,
@@ -256,7 +297,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut wasm = module.to_bytes();
     if with_abi {
-        wasm.extend_from_slice(ABI_SECTION);
+        wasm.extend_from_slice(&templates().abi_section);
     }
     // To turn a crasher into a test fixture: run the target binary on it
     // with this set, and the module is written there before it runs.

@@ -33,14 +33,12 @@ pub struct Patch<'a> {
     pub op: PatchOp<'a>,
 }
 
-/// New values of one text field for some channels, as columns: channel
+/// New values for some channels of the batch, as columns: channel
 /// `indices[k]` (little-endian `u32`s, positions in the input batch) gets
 /// `data[offsets[k]..offsets[k + 1]]` (`offsets`: little-endian `u32`s, one
 /// more than the indices, first 0, last `data.len()`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldValues<'a> {
-    /// The field (a text field).
-    pub field: Field,
+pub struct Values<'a> {
     /// Positions of the changed channels.
     #[serde(borrow, serialize_with = "bytes::serialize")]
     pub indices: Cow<'a, [u8]>,
@@ -52,17 +50,17 @@ pub struct FieldValues<'a> {
     pub data: Cow<'a, [u8]>,
 }
 
-impl<'a> FieldValues<'a> {
-    /// An empty column of changes for `field`.
-    pub fn new(field: Field) -> Self {
-        FieldValues {
-            field,
+impl Default for Values<'_> {
+    fn default() -> Self {
+        Values {
             indices: Cow::Owned(Vec::new()),
             offsets: Cow::Owned(vec![0; 4]),
             data: Cow::Owned(Vec::new()),
         }
     }
+}
 
+impl<'a> Values<'a> {
     /// Records `value` for the channel at `index`.
     pub fn push(&mut self, index: u32, value: &str) {
         self.indices
@@ -72,6 +70,20 @@ impl<'a> FieldValues<'a> {
         data.extend_from_slice(value.as_bytes());
         let end = data.len() as u32;
         self.offsets.to_mut().extend_from_slice(&end.to_le_bytes());
+    }
+
+    /// Removes the last value if it is for the channel at `index`; returns
+    /// whether it did.
+    pub fn pop_for(&mut self, index: u32) -> bool {
+        let count = self.len();
+        if count == 0 || u32_le(&self.indices, count - 1) != index as usize {
+            return false;
+        }
+        let start = u32_le(&self.offsets, count - 1);
+        self.indices.to_mut().truncate((count - 1) * 4);
+        self.offsets.to_mut().truncate(count * 4);
+        self.data.to_mut().truncate(start);
+        true
     }
 
     /// Number of values.
@@ -84,27 +96,26 @@ impl<'a> FieldValues<'a> {
         self.indices.is_empty()
     }
 
-    /// The (index, value) pairs, or an error message if the column is
-    /// inconsistent (lengths, bounds, UTF-8).
-    fn entries(&self) -> Result<impl Iterator<Item = (usize, &str)> + '_, String> {
+    /// The (index, value) pairs, or an error message naming `what` if the
+    /// columns are inconsistent (lengths, bounds, UTF-8).
+    fn entries(&self, what: &str) -> Result<impl Iterator<Item = (usize, &str)> + '_, String> {
         let count = self.indices.len() / 4;
-        let field = self.field.name();
         if !self.indices.len().is_multiple_of(4) || self.offsets.len() != (count + 1) * 4 {
             return Err(format!(
-                "the `{field}` values have {} index bytes and {} offset bytes",
+                "the {what} values have {} index bytes and {} offset bytes",
                 self.indices.len(),
                 self.offsets.len()
             ));
         }
         let text = core::str::from_utf8(&self.data)
-            .map_err(|_| format!("the `{field}` values are not UTF-8"))?;
+            .map_err(|_| format!("the {what} values are not UTF-8"))?;
         let offset = |k: usize| u32_le(&self.offsets, k);
         if offset(0) != 0 || offset(count) != text.len() {
-            return Err(format!("the `{field}` offsets do not cover the values"));
+            return Err(format!("the {what} offsets do not cover the values"));
         }
         for k in 0..count {
             if text.get(offset(k)..offset(k + 1)).is_none() {
-                return Err(format!("`{field}` value {k} has bad offsets"));
+                return Err(format!("{what} value {k} has bad offsets"));
             }
         }
         Ok((0..count).map(move |k| {
@@ -116,6 +127,53 @@ impl<'a> FieldValues<'a> {
     }
 }
 
+/// New values of one text field, as [`Values`] columns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldValues<'a> {
+    /// The field (a text field).
+    pub field: Field,
+    /// The values.
+    #[serde(borrow)]
+    pub values: Values<'a>,
+}
+
+impl<'a> FieldValues<'a> {
+    /// An empty column of changes for `field`.
+    pub fn new(field: Field) -> Self {
+        FieldValues {
+            field,
+            values: Values::default(),
+        }
+    }
+
+    /// Records `value` for the channel at `index`.
+    pub fn push(&mut self, index: u32, value: &str) {
+        self.values.push(index, value);
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True if there is no value.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// Values of one extra attribute (set or added, matched case-insensitively),
+/// as [`Values`] columns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributeValues<'a> {
+    /// The attribute's name.
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    /// The values.
+    #[serde(borrow)]
+    pub values: Values<'a>,
+}
+
 /// Little-endian `u32` number `k` of `bytes` (0 past the end).
 fn u32_le(bytes: &[u8], k: usize) -> usize {
     match bytes.get(k * 4..k * 4 + 4) {
@@ -124,22 +182,27 @@ fn u32_le(bytes: &[u8], k: usize) -> usize {
     }
 }
 
-/// Changes to channels of the batch: whole columns of text values first,
-/// then the patches in order.
+/// Changes to channels of the batch, applied in this order: the text
+/// columns, then the patches in order, then the attribute columns.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changes<'a> {
     /// Text values, one entry per changed field.
     #[serde(borrow)]
     pub fields: Vec<FieldValues<'a>>,
-    /// Attribute changes (and any other patch), applied after `fields`.
+    /// Patches (attribute removals, and any change as a list).
     #[serde(borrow)]
     pub patches: Vec<Patch<'a>>,
+    /// Attribute values, one entry per attribute name set.
+    #[serde(borrow)]
+    pub attributes: Vec<AttributeValues<'a>>,
 }
 
 impl Changes<'_> {
     /// True if nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.fields.iter().all(FieldValues::is_empty) && self.patches.is_empty()
+        self.fields.iter().all(FieldValues::is_empty)
+            && self.patches.is_empty()
+            && self.attributes.iter().all(|a| a.values.is_empty())
     }
 }
 
@@ -287,8 +350,8 @@ pub fn apply(
         }
         StageOutput::Patches(patches) => {
             let changes = Changes {
-                fields: Vec::new(),
                 patches,
+                ..Changes::default()
             };
             apply_changes(stage, changes, batch, limits)
         }
@@ -368,15 +431,12 @@ fn check_changes(
                 values.field.name()
             ));
         }
-        for (index, value) in values.entries().map_err(AnswerError)? {
-            if index >= len {
-                return err(format!(
-                    "a `{}` value for channel {index} but the batch has {len}",
-                    values.field.name()
-                ));
-            }
-            check_value(values.field.name(), value, limits)?;
-        }
+        let what = values.field.name();
+        check_values(&values.values, what, len, limits)?;
+    }
+    for column in &changes.attributes {
+        check_value("an attribute name", &column.name, limits)?;
+        check_values(&column.values, &column.name, len, limits)?;
     }
     for patch in &changes.patches {
         if patch.index as usize >= len {
@@ -413,14 +473,48 @@ fn apply_changes(
     Ok(())
 }
 
+/// Checks one column of values against a batch of `len` channels.
+fn check_values(
+    values: &Values<'_>,
+    what: &str,
+    len: usize,
+    limits: &AnswerLimits,
+) -> Result<(), AnswerError> {
+    for (index, value) in values.entries(what).map_err(AnswerError)? {
+        if index >= len {
+            return err(format!(
+                "a `{what}` value for channel {index} but the batch has {len}"
+            ));
+        }
+        check_value(what, value, limits)?;
+    }
+    Ok(())
+}
+
+/// Sets attribute `name` of `channel` to `value` (matched
+/// case-insensitively; added if absent).
+fn set_attribute(channel: &mut Channel<'static>, name: &str, value: &str) {
+    match channel
+        .attributes
+        .iter_mut()
+        .find(|attribute| attribute.name.eq_ignore_ascii_case(name))
+    {
+        Some(existing) => assign(&mut existing.value, value),
+        None => channel.attributes.push(crate::Attribute {
+            name: Cow::Owned(String::from(name)),
+            value: Cow::Owned(String::from(value)),
+        }),
+    }
+}
+
 /// Applies checked changes.
 fn write_changes(changes: Changes<'_>, batch: &mut [Channel<'static>]) {
-    for values in &changes.fields {
-        let Ok(entries) = values.entries() else {
+    for column in &changes.fields {
+        let Ok(entries) = column.values.entries("") else {
             continue; // checked before
         };
         for (index, value) in entries {
-            if let Some(slot) = batch.get_mut(index).and_then(|c| c.text_mut(values.field)) {
+            if let Some(slot) = batch.get_mut(index).and_then(|c| c.text_mut(column.field)) {
                 assign(slot, value);
             }
         }
@@ -435,22 +529,20 @@ fn write_changes(changes: Changes<'_>, batch: &mut [Channel<'static>]) {
                     assign(slot, &value);
                 }
             }
-            PatchOp::SetAttribute(name, value) => {
-                match channel
-                    .attributes
-                    .iter_mut()
-                    .find(|attribute| attribute.name.eq_ignore_ascii_case(&name))
-                {
-                    Some(existing) => assign(&mut existing.value, &value),
-                    None => channel.attributes.push(crate::Attribute {
-                        name: Cow::Owned(name.into_owned()),
-                        value: Cow::Owned(value.into_owned()),
-                    }),
-                }
-            }
+            PatchOp::SetAttribute(name, value) => set_attribute(channel, &name, &value),
             PatchOp::RemoveAttribute(name) => channel
                 .attributes
                 .retain(|attribute| !attribute.name.eq_ignore_ascii_case(&name)),
+        }
+    }
+    for column in &changes.attributes {
+        let Ok(entries) = column.values.entries("") else {
+            continue; // checked before
+        };
+        for (index, value) in entries {
+            if let Some(channel) = batch.get_mut(index) {
+                set_attribute(channel, &column.name, value);
+            }
         }
     }
 }
@@ -686,8 +778,20 @@ mod tests {
                 index: 2,
                 op: PatchOp::SetAttribute("x".into(), "y".into()),
             }],
+            attributes: vec![AttributeValues {
+                name: "Z".into(),
+                values: {
+                    let mut values = Values::default();
+                    values.push(1, "1");
+                    values.push(2, "2");
+                    values
+                },
+            }],
         });
         run(Stage::DataMapping, FieldSet::NONE, answer, &mut channels).unwrap();
+        assert_eq!(channels[0].attribute("z"), None);
+        assert_eq!(channels[1].attribute("z"), Some("1"));
+        assert_eq!(channels[2].attribute("z"), Some("2"));
         assert_eq!(channels[0].group_title, "News");
         assert_eq!(channels[1].group_title, "");
         assert_eq!(channels[2].group_title, "Sport");
@@ -701,7 +805,7 @@ mod tests {
             let mut channels = batch(2);
             let answer = StageOutput::Changes(Changes {
                 fields: vec![values],
-                patches: vec![],
+                ..Changes::default()
             });
             let error = run(Stage::DataMapping, FieldSet::NONE, answer, &mut channels);
             assert_eq!(channels, batch(2));
@@ -716,11 +820,11 @@ mod tests {
         assert!(bad(list_field).contains("cannot be set as text"));
         let mut cut = FieldValues::new(Field::GroupTitle);
         cut.push(0, "é");
-        cut.offsets.to_mut()[4] = 1; // inside the two-byte character
+        cut.values.offsets.to_mut()[4] = 1; // inside the two-byte character
         assert!(bad(cut).contains("offsets"));
         let mut not_utf8 = FieldValues::new(Field::GroupTitle);
         not_utf8.push(0, "a");
-        not_utf8.data.to_mut()[0] = 0xff;
+        not_utf8.values.data.to_mut()[0] = 0xff;
         assert!(bad(not_utf8).contains("UTF-8"));
         let mut long = FieldValues::new(Field::GroupTitle);
         long.push(0, &"x".repeat(AnswerLimits::default().max_value_bytes + 1));
@@ -734,7 +838,7 @@ mod tests {
         values.push(0, "x");
         let answer = StageOutput::Changes(Changes {
             fields: vec![values],
-            patches: vec![],
+            ..Changes::default()
         });
         assert!(run(Stage::Filtering, FieldSet::NONE, answer, &mut channels).is_err());
         assert_eq!(channels, batch(1));
@@ -759,7 +863,7 @@ mod tests {
             order: Cow::Owned(order),
             changes: Changes {
                 fields: vec![names],
-                patches: vec![],
+                ..Changes::default()
             },
             added: vec![Channel {
                 id: 2, // ignored: the host numbers added channels

@@ -9,6 +9,7 @@
 //! guest may decode it with postcard and view it with [`BatchView`].
 
 use alloc::vec::Vec;
+use core::cell::Cell;
 use serde::{Deserialize, Serialize};
 
 use crate::{Attribute, Channel, Field, FieldSet, MemoryPressureLevel};
@@ -110,13 +111,19 @@ fn u32_at(bytes: &[u8], index: usize) -> usize {
 
 /// A checked view of a [`StageInput`]: per-channel accessors that are slice
 /// look-ups. Fields not projected read as empty.
-#[derive(Clone, Copy, Debug)]
+///
+/// A column's data is checked to be UTF-8 once, as a whole, the first time
+/// one of its values is read (a long run checks far faster than many short
+/// ones, and a column nobody reads is never checked); each value is then a
+/// slice of the checked text.
+#[derive(Clone, Debug)]
 pub struct BatchView<'a> {
     count: usize,
     fields: FieldSet,
     ids: &'a [u8],
     source_ids: &'a [u8],
     columns: [Column<'a>; Field::ALL.len()],
+    texts: [Cell<Option<&'a str>>; Field::ALL.len()],
 }
 
 /// Reads a postcard `StageInput` by hand: the same bytes
@@ -131,6 +138,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self, max_bytes: usize) -> Result<u64, LayoutError> {
         let mut value = 0u64;
         for (index, &byte) in self.bytes.iter().take(max_bytes).enumerate() {
+            // The tenth byte of a u64 holds one bit; postcard refuses more.
+            if index == 9 && byte > 1 {
+                return Err(LayoutError::Encoding);
+            }
             value |= u64::from(byte & 0x7f) << (7 * index);
             if byte & 0x80 == 0 {
                 self.bytes = &self.bytes[index + 1..];
@@ -164,6 +175,42 @@ impl<'a> BatchView<'a> {
     /// [`LayoutError::Encoding`] for bytes that are not a `StageInput`,
     /// else what [`BatchView::new`] refuses.
     pub fn parse(bytes: &'a [u8]) -> Result<(InputHeader, Self), LayoutError> {
+        let mut view = BatchView::empty();
+        let header = view.read(bytes)?;
+        Ok((header, view))
+    }
+
+    /// An empty batch (no channel, no field), to [`BatchView::read`] into.
+    pub fn empty() -> Self {
+        BatchView {
+            count: 0,
+            fields: FieldSet::NONE,
+            ids: &[],
+            source_ids: &[],
+            columns: [Column::default(); Field::ALL.len()],
+            texts: Default::default(),
+        }
+    }
+
+    /// [`BatchView::parse`] into this view, in place (a guest keeps one
+    /// view per call and avoids moving it around). On error the view is
+    /// empty.
+    ///
+    /// # Errors
+    /// See [`BatchView::parse`].
+    pub fn read(&mut self, bytes: &'a [u8]) -> Result<InputHeader, LayoutError> {
+        let result = self.read_unchecked(bytes).and_then(|header| {
+            self.check()?;
+            Ok(header)
+        });
+        if result.is_err() {
+            self.count = 0;
+            self.fields = FieldSet::NONE;
+        }
+        result
+    }
+
+    fn read_unchecked(&mut self, bytes: &'a [u8]) -> Result<InputHeader, LayoutError> {
         let mut reader = Reader { bytes };
         let batch_index = reader.u32()?;
         let memory_pressure = u32::try_from(reader.varint(5)?)
@@ -171,20 +218,23 @@ impl<'a> BatchView<'a> {
             .and_then(MemoryPressureLevel::from_u32)
             .ok_or(LayoutError::Encoding)?;
         let fields = FieldSet(reader.u32()?);
-        let count = reader.u32()?;
-        let ids = reader.slice()?;
-        let source_ids = reader.slice()?;
+        self.count = reader.u32()? as usize;
+        self.fields = fields;
+        self.ids = reader.slice()?;
+        self.source_ids = reader.slice()?;
         let columns_given = reader.varint(10)?;
-        let mut columns = [Column::default(); Field::ALL.len()];
         let mut read = 0u64;
         for field in Field::ALL {
+            let column = &mut self.columns[field as usize];
+            self.texts[field as usize].set(None);
             if !fields.contains(field) {
+                *column = Column::default();
                 continue;
             }
             if read == columns_given {
                 return Err(LayoutError::ColumnCount);
             }
-            columns[field as usize] = Column {
+            *column = Column {
                 starts: reader.slice()?,
                 offsets: reader.slice()?,
                 data: reader.slice()?,
@@ -197,13 +247,11 @@ impl<'a> BatchView<'a> {
         if !reader.bytes.is_empty() {
             return Err(LayoutError::Encoding);
         }
-        let header = InputHeader {
+        Ok(InputHeader {
             batch_index,
             memory_pressure,
             fields,
-        };
-        let view = BatchView::checked(count as usize, fields, ids, source_ids, columns)?;
-        Ok((header, view))
+        })
     }
 
     /// Checks the lengths of every column (O(fields), not O(channels)).
@@ -221,26 +269,31 @@ impl<'a> BatchView<'a> {
         if given.next().is_some() {
             return Err(LayoutError::ColumnCount);
         }
-        let count = input.count as usize;
-        BatchView::checked(count, input.fields, input.ids, input.source_ids, columns)
+        let view = BatchView {
+            count: input.count as usize,
+            fields: input.fields,
+            ids: input.ids,
+            source_ids: input.source_ids,
+            columns,
+            texts: Default::default(),
+        };
+        view.check()?;
+        Ok(view)
     }
 
     /// The checks of [`BatchView::new`] on columns indexed by field.
-    fn checked(
-        count: usize,
-        fields: FieldSet,
-        ids: &'a [u8],
-        source_ids: &'a [u8],
-        columns: [Column<'a>; Field::ALL.len()],
-    ) -> Result<Self, LayoutError> {
-        if ids.len() != count.saturating_mul(8) || source_ids.len() != count.saturating_mul(4) {
+    fn check(&self) -> Result<(), LayoutError> {
+        let count = self.count;
+        if self.ids.len() != count.saturating_mul(8)
+            || self.source_ids.len() != count.saturating_mul(4)
+        {
             return Err(LayoutError::Ids);
         }
         for field in Field::ALL {
-            if !fields.contains(field) {
+            if !self.fields.contains(field) {
                 continue;
             }
-            let column = &columns[field as usize];
+            let column = &self.columns[field as usize];
             let items = if field.is_text() {
                 if !column.starts.is_empty() {
                     return Err(LayoutError::Column(field));
@@ -259,13 +312,7 @@ impl<'a> BatchView<'a> {
                 return Err(LayoutError::Column(field));
             }
         }
-        Ok(BatchView {
-            count,
-            fields,
-            ids,
-            source_ids,
-            columns,
-        })
+        Ok(())
     }
 
     /// Channels in the batch.
@@ -296,17 +343,22 @@ impl<'a> BatchView<'a> {
         u32_at(self.source_ids, index) as u32
     }
 
-    /// Item `item` of `column` ("" if out of range or not UTF-8, which the
-    /// host never sends).
-    fn item(column: &Column<'a>, item: usize) -> &'a str {
-        let (start, end) = (
-            u32_at(column.offsets, item),
-            u32_at(column.offsets, item + 1),
-        );
-        column
-            .data
-            .get(start..end)
-            .and_then(|bytes| core::str::from_utf8(bytes).ok())
+    /// The data of `field`'s column as text, checked on first use ("" if
+    /// it is not UTF-8, which the host never sends).
+    fn text_of(&self, field: Field) -> &'a str {
+        let cache = &self.texts[field as usize];
+        if let Some(text) = cache.get() {
+            return text;
+        }
+        let text = core::str::from_utf8(self.columns[field as usize].data).unwrap_or("");
+        cache.set(Some(text));
+        text
+    }
+
+    /// Item `item` of a column, given its checked text and offsets ("" if
+    /// out of range or not on a character boundary).
+    fn item(text: &'a str, offsets: &[u8], item: usize) -> &'a str {
+        text.get(u32_at(offsets, item)..u32_at(offsets, item + 1))
             .unwrap_or("")
     }
 
@@ -316,7 +368,11 @@ impl<'a> BatchView<'a> {
         if !field.is_text() || index >= self.count {
             return "";
         }
-        Self::item(&self.columns[field as usize], index)
+        Self::item(
+            self.text_of(field),
+            self.columns[field as usize].offsets,
+            index,
+        )
     }
 
     /// The item range of channel `index` in list column `field`.
@@ -325,17 +381,36 @@ impl<'a> BatchView<'a> {
         if index >= self.count || column.starts.is_empty() {
             return 0..0;
         }
-        u32_at(column.starts, index)..u32_at(column.starts, index + 1)
+        // The host writes non-decreasing starts; anything else reads as
+        // no items rather than a range past the column.
+        let (start, end) = (
+            u32_at(column.starts, index),
+            u32_at(column.starts, index + 1),
+        );
+        if start > end || end > u32_at(column.starts, self.count) {
+            return 0..0;
+        }
+        start..end
     }
 
     /// Extra attributes of channel `index` as (name, value) pairs.
     pub fn attributes(&self, index: usize) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        let column = self.columns[Field::Attributes as usize];
         let range = self.items(index, Field::Attributes);
+        let text = if range.is_empty() {
+            ""
+        } else {
+            self.text_of(Field::Attributes)
+        };
+        let offsets = self.columns[Field::Attributes as usize].offsets;
         (range.start..range.end)
             .step_by(2)
             .filter(move |item| item + 1 < range.end)
-            .map(move |item| (Self::item(&column, item), Self::item(&column, item + 1)))
+            .map(move |item| {
+                (
+                    Self::item(text, offsets, item),
+                    Self::item(text, offsets, item + 1),
+                )
+            })
     }
 
     /// The value of extra attribute `name` of channel `index`, matched
@@ -348,9 +423,14 @@ impl<'a> BatchView<'a> {
 
     /// Extra lines of channel `index`.
     pub fn extras(&self, index: usize) -> impl Iterator<Item = &'a str> + 'a {
-        let column = self.columns[Field::Extras as usize];
-        self.items(index, Field::Extras)
-            .map(move |item| Self::item(&column, item))
+        let range = self.items(index, Field::Extras);
+        let text = if range.is_empty() {
+            ""
+        } else {
+            self.text_of(Field::Extras)
+        };
+        let offsets = self.columns[Field::Extras as usize].offsets;
+        range.map(move |item| Self::item(text, offsets, item))
     }
 
     /// Channel `index` as a [`Channel`] borrowing from the batch (projected

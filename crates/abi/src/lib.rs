@@ -36,8 +36,8 @@ mod answer;
 mod batch;
 
 pub use answer::{
-    apply, check_channel_ids, wire_tags, AnswerError, AnswerLimits, Changes, FieldValues, Patch,
-    PatchOp, Rebuild, StageOutput,
+    apply, check_channel_ids, wire_tags, AnswerError, AnswerLimits, AttributeValues, Changes,
+    FieldValues, Patch, PatchOp, Rebuild, StageOutput, Values,
 };
 pub use batch::{
     encode_stage_input, BatchView, BufferFull, Column, InputHeader, LayoutError, StageInput,
@@ -1096,6 +1096,18 @@ mod tests {
     }
 
     #[test]
+    fn the_reader_refuses_a_tenth_varint_byte_postcard_refuses() {
+        // fuzz/README.md Findings 4: a length whose tenth byte is above 1.
+        // Header 0, Optimal, NONE, count 0; then the ids' length as ten
+        // varint bytes ending in 0x02; no source ids; no column.
+        let bytes = [
+            0, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02, 0, 0,
+        ];
+        assert!(postcard::from_bytes::<StageInput>(&bytes).is_err());
+        assert_eq!(BatchView::parse(&bytes).unwrap_err(), LayoutError::Encoding);
+    }
+
+    #[test]
     fn every_field_round_trips_through_the_columns() {
         let mut channel = sample_channel();
         for (n, field) in Field::ALL.into_iter().enumerate() {
@@ -1227,6 +1239,14 @@ mod tests {
                 index: 0,
                 op: PatchOp::RemoveAttribute("x".into()),
             }],
+            attributes: vec![AttributeValues {
+                name: "a".into(),
+                values: {
+                    let mut values = Values::default();
+                    values.push(2, "v");
+                    values
+                },
+            }],
         };
         #[rustfmt::skip]
         let expected: &[u8] = &[
@@ -1237,11 +1257,15 @@ mod tests {
             12, 0, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, // offsets 0, 4, 4
             4, b'N', b'e', b'w', b's', //   data "News"
             1, 0, 2, 1, b'x',           // one patch: index 0, RemoveAttribute "x"
+            1, 1, b'a',                 // one attribute column: name "a",
+            4, 2, 0, 0, 0,              //   indices 2,
+            8, 0, 0, 0, 0, 1, 0, 0, 0,  //   offsets 0, 1,
+            1, b'v',                    //   data "v"
         ];
         let back = loopback(&StageOutput::Changes(changes.clone()), expected);
         assert!(matches!(
             back,
-            StageOutput::Changes(Changes { ref fields, .. }) if matches!(fields[0].data, Cow::Borrowed(_))
+            StageOutput::Changes(Changes { ref fields, .. }) if matches!(fields[0].values.data, Cow::Borrowed(_))
         ));
         let rebuild = StageOutput::Rebuild(Rebuild {
             order: Cow::Borrowed(&[1, 0, 0, 0, 0, 0, 0, 0]),
@@ -1252,7 +1276,7 @@ mod tests {
         let expected: &[u8] = &[
             5,                          // variant 5 Rebuild
             8, 1, 0, 0, 0, 0, 0, 0, 0,  // order: positions 1, 0
-            0, 0,                       // no changes (no columns, no patches)
+            0, 0, 0,                    // no changes (no columns, patches or attributes)
             1,                          // one added channel:
             5, 0,                       //   id 5, source_id 0
             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // 12 empty strings, no lists

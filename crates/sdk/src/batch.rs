@@ -4,14 +4,25 @@ use m3u_proxy_plugin_abi::{BatchView, Channel, Field, FieldSet};
 
 /// One batch of channels, as the host sent it (only the fields the plugin
 /// reads; the others read as empty).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Batch<'a> {
     view: BatchView<'a>,
 }
 
 impl<'a> Batch<'a> {
-    pub(crate) fn new(view: BatchView<'a>) -> Self {
-        Batch { view }
+    /// An empty batch to read a call's input into, in place.
+    pub(crate) fn empty() -> Self {
+        Batch {
+            view: BatchView::empty(),
+        }
+    }
+
+    /// Reads and checks a call's input (see [`BatchView::read`]).
+    pub(crate) fn read(
+        &mut self,
+        bytes: &'a [u8],
+    ) -> Result<m3u_proxy_plugin_abi::InputHeader, m3u_proxy_plugin_abi::LayoutError> {
+        self.view.read(bytes)
     }
 
     /// Channels in the batch.

@@ -7,8 +7,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use m3u_proxy_plugin_abi::{
-    status, BatchView, FieldSet, FieldValues, MemoryPressureLevel, PluginInfo,
-    PluginMemoryRequirements, RunContext, Stage, StageContext, StageOutput, StageReads,
+    status, FieldSet, FieldValues, MemoryPressureLevel, PluginInfo, PluginMemoryRequirements,
+    RunContext, Stage, StageContext, StageOutput, StageReads,
 };
 
 use crate::arena::{arena_ptr, release_all, with_data, GuestCell, ARENA_BYTES, DATA_BYTES};
@@ -96,7 +96,7 @@ impl<P: Plugin> Dispatch for P {
                 }
                 return Ok(StageOutput::Changes(m3u_proxy_plugin_abi::Changes {
                     fields: alloc::vec![numbers],
-                    patches: Vec::new(),
+                    ..Default::default()
                 }));
             }
         }
@@ -294,10 +294,10 @@ pub fn execute_stage<P: Plugin>(stage: i32, input_len: i32) -> i32 {
     with_instance::<P>(|plugin| {
         with_data(|arena| {
             let (input_bytes, spare) = arena.split_at_mut(input_len);
-            let Ok((input, view)) = BatchView::parse(input_bytes) else {
+            let mut batch = Batch::empty();
+            let Ok(input) = batch.read(input_bytes) else {
                 return status::DECODE_ERROR;
             };
-            let batch = Batch::new(view);
             let output = RUN.with(|run| {
                 let ctx = StageContext {
                     stage,

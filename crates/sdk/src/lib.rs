@@ -226,7 +226,12 @@ pub trait Filter {
 
     /// Per batch: drop channels from `keep` (which starts with every channel
     /// kept). The default asks [`Filter::keep`] per channel.
-    fn filter_batch(&mut self, ctx: &StageContext<'_>, batch: &Batch<'_>, keep: &mut KeepMask) {
+    fn filter_batch<'a>(
+        &mut self,
+        ctx: &StageContext<'_>,
+        batch: &'a Batch<'a>,
+        keep: &mut KeepMask,
+    ) {
         for channel in batch.iter() {
             if !self.keep(ctx, channel) {
                 keep.drop(channel.index());
@@ -359,11 +364,13 @@ impl KeepMask {
 }
 
 /// Field changes for one batch. [`Mapper::map`] receives it pointed at the
-/// channel being mapped; text values go out as one column per field.
+/// channel being mapped; text values and attribute values go out as one
+/// column per field or attribute name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Patches<'a> {
     current: u32,
     fields: [Option<abi::FieldValues<'static>>; Field::ALL.len()],
+    attributes: Vec<abi::AttributeValues<'a>>,
     patches: Vec<Patch<'a>>,
 }
 
@@ -384,25 +391,49 @@ impl<'a> Patches<'a> {
             .push(self.current, value.as_ref());
     }
 
-    /// Sets (or adds) an extra attribute of the current channel.
-    pub fn set_attribute(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
-        self.patches.push(Patch {
-            index: self.current,
-            op: PatchOp::SetAttribute(name.into(), value.into()),
-        });
+    /// Sets (or adds) an extra attribute of the current channel (the value
+    /// is copied).
+    pub fn set_attribute(&mut self, name: impl Into<Cow<'a, str>>, value: impl AsRef<str>) {
+        let name = name.into();
+        let column = match self.attributes.iter().position(|c| c.name == name) {
+            Some(position) => &mut self.attributes[position],
+            None => {
+                self.attributes.push(abi::AttributeValues {
+                    name,
+                    values: abi::Values::default(),
+                });
+                let last = self.attributes.len() - 1;
+                &mut self.attributes[last]
+            }
+        };
+        column.values.push(self.current, value.as_ref());
     }
 
     /// Removes an extra attribute of the current channel.
     pub fn remove_attribute(&mut self, name: impl Into<Cow<'a, str>>) {
+        let name = name.into();
+        // Attribute values are applied after patches: a value set earlier
+        // for this channel is taken back instead of outliving the removal.
+        for column in &mut self.attributes {
+            if column.name.eq_ignore_ascii_case(&name) {
+                column.values.pop_for(self.current);
+            }
+        }
         self.patches.push(Patch {
             index: self.current,
-            op: PatchOp::RemoveAttribute(name.into()),
+            op: PatchOp::RemoveAttribute(name),
         });
     }
 
     /// Number of changes so far.
     pub fn len(&self) -> usize {
-        self.fields.iter().flatten().map(|f| f.len()).sum::<usize>() + self.patches.len()
+        self.fields.iter().flatten().map(|f| f.len()).sum::<usize>()
+            + self
+                .attributes
+                .iter()
+                .map(|a| a.values.len())
+                .sum::<usize>()
+            + self.patches.len()
     }
 
     /// True if nothing changed.
@@ -415,6 +446,11 @@ impl<'a> Patches<'a> {
         abi::Changes {
             fields: self.fields.into_iter().flatten().collect(),
             patches: self.patches,
+            attributes: self
+                .attributes
+                .into_iter()
+                .filter(|column| !column.values.is_empty())
+                .collect(),
         }
     }
 

@@ -200,7 +200,12 @@ impl Plugin for DedupPlugin {
 }
 
 impl Filter for DedupPlugin {
-    fn filter_batch(&mut self, ctx: &StageContext<'_>, batch: &Batch<'_>, keep: &mut KeepMask) {
+    fn filter_batch<'a>(
+        &mut self,
+        ctx: &StageContext<'_>,
+        batch: &'a Batch<'a>,
+        keep: &mut KeepMask,
+    ) {
         self.begin_call(ctx);
         let fields = fields_of(batch);
         if self.dedup.config().merge_alternates {

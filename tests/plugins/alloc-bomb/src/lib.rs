@@ -27,7 +27,12 @@ impl Plugin for AllocBomb {
 }
 
 impl Filter for AllocBomb {
-    fn filter_batch(&mut self, _ctx: &StageContext<'_>, _batch: &Batch<'_>, _keep: &mut KeepMask) {
+    fn filter_batch<'a>(
+        &mut self,
+        _ctx: &StageContext<'_>,
+        _batch: &'a Batch<'a>,
+        _keep: &mut KeepMask,
+    ) {
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
             chunk.push(1u8);
