@@ -20,13 +20,14 @@
 //!   (`tvg_country` finds `tvg-country`). `attr:<name>` names an attribute
 //!   explicitly. A missing attribute reads as the empty string.
 //! - **Operators**: `equals`, `contains`, `starts_with`, `ends_with`,
-//!   `matches` (regular expression, [`regex`] syntax, unanchored), their
-//!   negations `not_equals`, `not_contains`, `not_starts_with`,
-//!   `not_ends_with`, `not_matches` (also written as two words,
-//!   `not contains`), `==` / `!=` (aliases of `equals` / `not_equals`) and the
-//!   numeric `>`, `>=`, `<`, `<=`. Numeric operators parse both sides as
-//!   `f64` (surrounding blanks ignored); a field value that is not a finite
-//!   number never matches.
+//!   `matches` (regular expression, [`regex`] syntax, unanchored; the CLI
+//!   is built without the Unicode property classes `\p{..}` / `\P{..}`,
+//!   which are refused), their negations `not_equals`, `not_contains`,
+//!   `not_starts_with`, `not_ends_with`, `not_matches` (also written as two
+//!   words, `not contains`), `==` / `!=` (aliases of `equals` /
+//!   `not_equals`) and the numeric `>`, `>=`, `<`, `<=`. Numeric operators
+//!   parse both sides as `f64` (surrounding blanks ignored); a field value
+//!   that is not a finite number never matches.
 //! - **Case**: text operators and regexes ignore case (Unicode lowercase)
 //!   unless `case_sensitive` is written right before the operator:
 //!   `channel_name case_sensitive contains "HD"`.
