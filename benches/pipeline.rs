@@ -88,9 +88,10 @@ const IN_MEMORY: [&str; 5] = [
     "sorted_writer",
 ];
 
-fn plugin_config(fuel_metering: bool, strategies: &str) -> String {
+fn plugin_config(fuel_metering: bool, workers: usize, strategies: &str) -> String {
     format!(
-        "[proxy]\nbase_url = \"http://nas.local:8080\"\n\
+        "[pipeline]\nworkers = {workers}\n\
+         [proxy]\nbase_url = \"http://nas.local:8080\"\n\
          [output]\npath = \"/dev/null\"\n\
          [proxy_generation.wasm_plugins]\nplugin_directory = {:?}\nfuel_metering = {fuel_metering}\n\
          [proxy_generation.wasm_plugins.security]\n\
@@ -127,23 +128,32 @@ fn setups() -> Vec<Setup> {
         Setup {
             label: "native only (baseline)",
             pressure: "high",
-            toml:
-                "[output]\npath = \"/dev/null\"\n[proxy_generation.wasm_plugins]\nenabled = false\n"
-                    .into(),
+            toml: "[pipeline]\nworkers = 1\n[output]\npath = \"/dev/null\"\n\
+                   [proxy_generation.wasm_plugins]\nenabled = false\n"
+                .into(),
             strategies: NATIVE,
             drops: false,
         },
         Setup {
             label: "3 plugins, streaming",
             pressure: "high",
-            toml: plugin_config(true, streaming),
+            toml: plugin_config(true, 1, streaming),
+            strategies: STREAMING,
+            drops: false,
+        },
+        // The same on two worker threads (this machine's cores): the
+        // plugins of every stage but numbering run on both.
+        Setup {
+            label: "3 plugins, streaming, 2 workers",
+            pressure: "high",
+            toml: plugin_config(true, 2, streaming),
             strategies: STREAMING,
             drops: false,
         },
         Setup {
             label: "3 plugins, streaming, fuel off",
             pressure: "high",
-            toml: plugin_config(false, streaming),
+            toml: plugin_config(false, 1, streaming),
             strategies: STREAMING,
             drops: false,
         },
@@ -209,7 +219,7 @@ fn setups() -> Vec<Setup> {
         Setup {
             label: "2 plugins, in-memory (sorted)",
             pressure: "optimal",
-            toml: plugin_config(true, in_memory),
+            toml: plugin_config(true, 1, in_memory),
             strategies: IN_MEMORY,
             drops: false,
         },
@@ -303,6 +313,11 @@ fn main() {
     );
     let mut streaming_rss = Vec::new();
     let mut sorted_times = Vec::new();
+    // The time the plugin stages add to the native run, with one worker
+    // and with two (the native baseline is one thread either way: it has
+    // no rules to run in parallel).
+    let mut one_worker = None;
+    let mut worker_speedups = Vec::new();
     for size in SIZES {
         let input = derived_input(size);
         let mut native = None;
@@ -339,6 +354,15 @@ fn main() {
             if setup.label.starts_with("native, sorted") {
                 sorted_times.push((size, setup.label, best.millis, best.rss_mib));
             }
+            if setup.label == "3 plugins, streaming" {
+                one_worker = Some(best.millis - baseline.0);
+            }
+            if setup.label == "3 plugins, streaming, 2 workers" {
+                if let Some(added_one) = one_worker.take() {
+                    let added_two = best.millis - baseline.0;
+                    worker_speedups.push((size, added_one, added_two, best.rss_mib));
+                }
+            }
             println!(
                 "{:<9} {:<32} {:>9.0} {:>12.0} {:>9.2}x {:>10.1} {:>8.2}x {:>9.1}",
                 size,
@@ -360,6 +384,13 @@ fn main() {
                 disk_ms / memory_ms
             );
         }
+    }
+    for (size, added_one, added_two, rss) in worker_speedups {
+        println!(
+            "3 plugins, {size} channels: the plugin stages add {added_one:.0} ms with one worker, \
+             {added_two:.0} ms with two ({:.2}x faster); 2 workers peak RSS {rss:.1} MiB",
+            added_one / added_two
+        );
     }
     if let [.., (_, rss_100k), (_, rss_1m)] = streaming_rss[..] {
         println!(

@@ -106,6 +106,22 @@ pub struct PipelineConfig {
     /// How `inmemory_numbering` holds the playlist until the input ends.
     #[serde(default)]
     pub compress_held: CompressHeld,
+    /// Threads that run the parallel-safe stages (plugins that declare
+    /// `parallel_safe`, the native mapping and filters) on several batches
+    /// at once; the output is the same as with one. 0 (the default) = the
+    /// machine's cores; 1 = everything on the pipeline's own thread.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl PipelineConfig {
+    /// Worker threads to use: `workers`, or the available cores when 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -113,6 +129,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             batch_size: default_batch_size(),
             compress_held: CompressHeld::default(),
+            workers: 0,
         }
     }
 }

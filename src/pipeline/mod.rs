@@ -13,17 +13,19 @@
 //!   its construction;
 //! - [`sources`](self::Source): sources, sinks and the loader that reads
 //!   sources into batches;
-//! - `registry.rs`: loading plugin files, hot reload, re-instantiating a
-//!   plugin after an aborted call (`respawn`);
+//! - `registry.rs`: loading plugin files, hot reload;
 //! - [`strategy`]: the strategy names and the planning of each stage (which
 //!   candidate runs, which holds, and why the others were skipped);
-//! - `run.rs`: the run loop — a batch through the stages, the holds, and the
-//!   failure path: `run_stage` tries a stage's candidates in order, and a
-//!   plugin failure (`plugin_stage.rs::record_failure`) re-runs the same
+//! - `run.rs`: the run loop — a batch through the stages, the holds;
+//! - `candidates.rs`: the failure path: a stage's candidates in order, a
+//!   plugin failure (`plugin_stage.rs::record_failure`) re-running the same
 //!   batch with the next candidate after `respawn` if the call was aborted;
-//! - `plugin_stage.rs`: one plugin's call on a batch, its health and circuit;
+//! - `workers.rs`: `[pipeline] workers`, parallel-safe stages on threads;
+//! - `plugin_stage.rs`: one plugin's call on a batch, its health, circuit
+//!   and re-instantiation;
 //! - `stats.rs`: what a run reports.
 
+mod candidates;
 mod per_stage;
 mod plugin_stage;
 mod registry;
@@ -31,6 +33,7 @@ mod run;
 mod sources;
 mod stats;
 pub mod strategy;
+mod workers;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

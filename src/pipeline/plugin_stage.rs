@@ -97,10 +97,21 @@ impl PluginSlot {
 
     /// Records a failure; returns true if it opened the circuit.
     pub(crate) fn record_failure(&mut self, error: &Error, max_failures: u32) -> bool {
+        self.record_failure_as(error.label(), error.to_string(), max_failures)
+    }
+
+    /// [`PluginSlot::record_failure`] from the error's label and message
+    /// (a failure a worker saw, recorded when its batch's turn comes).
+    pub(crate) fn record_failure_as(
+        &mut self,
+        label: &'static str,
+        message: String,
+        max_failures: u32,
+    ) -> bool {
         self.failures += 1;
         self.consecutive_failures += 1;
-        *self.failures_by_kind.entry(error.label()).or_default() += 1;
-        self.last_error = Some(error.to_string());
+        *self.failures_by_kind.entry(label).or_default() += 1;
+        self.last_error = Some(message);
         if !self.disabled && self.failures >= max_failures {
             self.disabled = true;
             self.disabled_since = Some(std::time::Instant::now());
@@ -154,17 +165,32 @@ impl PluginSlot {
     /// the caller switches the plugin off).
     pub(crate) fn replace_instance(&mut self, instance: PluginInstance) -> Result<()> {
         let old = std::mem::replace(&mut self.instance, instance);
-        let stats = old.stats();
-        self.retired.calls += stats.calls;
-        self.retired.fuel_consumed += stats.fuel_consumed;
-        self.retired.time += stats.time;
-        self.retired.bytes_in += stats.bytes_in;
-        self.retired.bytes_out += stats.bytes_out;
-        self.retired.log_lines_dropped += stats.log_lines_dropped;
+        self.absorb_stats(old.stats());
         if let Some((level, context)) = &self.run {
             self.instance.accepts_pressure(*level, context)?;
         }
         Ok(())
+    }
+
+    /// Replaces an instance whose call was aborted (its memory may be
+    /// half-updated) with a fresh one from the compiled module; if that
+    /// fails, the plugin is switched off.
+    pub(crate) fn respawn(
+        &mut self,
+        runtime: &crate::runtime::PluginRuntime,
+        settings: &crate::runtime::PluginSettings,
+    ) {
+        let stem = self.name().to_string();
+        let fresh = match &self.compiled {
+            Some(compiled) => runtime.instantiate(compiled, &stem, settings),
+            None => return,
+        };
+        if let Err(error) = fresh.and_then(|instance| self.replace_instance(instance)) {
+            log::warn!("plugin `{stem}` could not be re-instantiated, switching it off: {error}");
+            self.disabled = true;
+            self.disabled_since = Some(std::time::Instant::now());
+            self.last_error = Some(error.to_string());
+        }
     }
 
     /// The plugin's name.
@@ -182,75 +208,97 @@ impl PluginSlot {
         context: &StageContext<'_>,
         batch: &mut Vec<OwnedChannel>,
     ) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let reads = self.instance.info().reads_at(stage);
-        let header = InputHeader {
-            batch_index: context.batch_index,
-            memory_pressure: context.memory_pressure,
-            fields: reads,
-        };
-        // Input gets half the arena, so the plugin's answer has room beside it.
-        let input_limit = self.instance.arena_capacity() as usize / 2;
-        let output = match self
-            .instance
-            .execute_stage_with(stage, input_limit, |arena| {
-                encode_stage_input(arena, header, batch)
-            }) {
-            Ok(output) => output,
-            Err(Encoded::Full) if batch.len() > 1 => {
-                return self.run_split(stage, context, batch);
-            }
-            Err(Encoded::Full) => {
-                return Err(Error::malformed(format!(
-                    "one channel does not fit half the plugin's {} byte arena",
-                    self.instance.arena_capacity()
-                )))
-            }
-            Err(Encoded::Failed(error)) => return Err(error),
-        };
-        check_answer_size(output, batch.len())?;
-        let (answer, rest): (StageOutput<'_>, &[u8]) = postcard::take_from_bytes(output)
-            .map_err(|error| Error::malformed(format!("output does not decode: {error}")))?;
-        if !rest.is_empty() {
-            return Err(Error::malformed(format!(
-                "{} bytes after the end of the output",
-                rest.len()
-            )));
-        }
-        let mut next_id = NEXT_ADDED_ID.load(Ordering::Relaxed);
-        let limits = AnswerLimits::default();
-        apply(stage, reads, answer, batch, &mut next_id, &limits)
-            .map_err(|error| Error::malformed(error.0))?;
-        NEXT_ADDED_ID.fetch_max(next_id, Ordering::Relaxed);
-        Ok(())
+        run_on_instance(&mut self.instance, stage, context, batch)
     }
 
-    /// A batch too large for the arena goes in two halves, in order.
-    fn run_split(
-        &mut self,
-        stage: Stage,
-        context: &StageContext<'_>,
-        batch: &mut Vec<OwnedChannel>,
-    ) -> Result<()> {
-        // Rare path: keep the original so a failure in the second half
-        // leaves the batch exactly as it came in.
-        let original = batch.clone();
-        let mut second = batch.split_off(batch.len() / 2);
-        let mut first = std::mem::take(batch);
-        let result = self
-            .run(stage, context, &mut first)
-            .and_then(|()| self.run(stage, context, &mut second));
-        *batch = match result {
-            Ok(()) => {
-                first.append(&mut second);
-                first
-            }
-            Err(_) => original,
-        };
-        result
+    /// Adds the counters of an instance that ran beside this slot's own (a
+    /// worker's copy) to the slot's totals.
+    pub(crate) fn absorb_stats(&mut self, stats: &crate::runtime::CallStats) {
+        self.retired.calls += stats.calls;
+        self.retired.fuel_consumed += stats.fuel_consumed;
+        self.retired.time += stats.time;
+        self.retired.bytes_in += stats.bytes_in;
+        self.retired.bytes_out += stats.bytes_out;
+        self.retired.log_lines_dropped += stats.log_lines_dropped;
     }
+}
+
+/// Runs `stage` of the plugin `instance` on `batch` in place (the slot's own
+/// instance, or a worker's copy). On error the batch is unchanged.
+///
+/// # Errors
+/// Any plugin failure or malformed answer.
+pub(crate) fn run_on_instance(
+    instance: &mut PluginInstance,
+    stage: Stage,
+    context: &StageContext<'_>,
+    batch: &mut Vec<OwnedChannel>,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let reads = instance.info().reads_at(stage);
+    let header = InputHeader {
+        batch_index: context.batch_index,
+        memory_pressure: context.memory_pressure,
+        fields: reads,
+    };
+    // Input gets half the arena, so the plugin's answer has room beside it.
+    let input_limit = instance.arena_capacity() as usize / 2;
+    let output = match instance.execute_stage_with(stage, input_limit, |arena| {
+        encode_stage_input(arena, header, batch)
+    }) {
+        Ok(output) => output,
+        Err(Encoded::Full) if batch.len() > 1 => {
+            return run_split(instance, stage, context, batch);
+        }
+        Err(Encoded::Full) => {
+            return Err(Error::malformed(format!(
+                "one channel does not fit half the plugin's {} byte arena",
+                instance.arena_capacity()
+            )))
+        }
+        Err(Encoded::Failed(error)) => return Err(error),
+    };
+    check_answer_size(output, batch.len())?;
+    let (answer, rest): (StageOutput<'_>, &[u8]) = postcard::take_from_bytes(output)
+        .map_err(|error| Error::malformed(format!("output does not decode: {error}")))?;
+    if !rest.is_empty() {
+        return Err(Error::malformed(format!(
+            "{} bytes after the end of the output",
+            rest.len()
+        )));
+    }
+    let mut next_id = NEXT_ADDED_ID.load(Ordering::Relaxed);
+    let limits = AnswerLimits::default();
+    apply(stage, reads, answer, batch, &mut next_id, &limits)
+        .map_err(|error| Error::malformed(error.0))?;
+    NEXT_ADDED_ID.fetch_max(next_id, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A batch too large for the arena goes in two halves, in order.
+fn run_split(
+    instance: &mut PluginInstance,
+    stage: Stage,
+    context: &StageContext<'_>,
+    batch: &mut Vec<OwnedChannel>,
+) -> Result<()> {
+    // Rare path: keep the original so a failure in the second half
+    // leaves the batch exactly as it came in.
+    let original = batch.clone();
+    let mut second = batch.split_off(batch.len() / 2);
+    let mut first = std::mem::take(batch);
+    let result = run_on_instance(instance, stage, context, &mut first)
+        .and_then(|()| run_on_instance(instance, stage, context, &mut second));
+    *batch = match result {
+        Ok(()) => {
+            first.append(&mut second);
+            first
+        }
+        Err(_) => original,
+    };
+    result
 }
 
 /// Most patches one channel may receive in one answer.

@@ -1,11 +1,9 @@
 //! The plugin registry: loading every module of `plugin_directory`
-//! (validated, signature-checked, instantiated, initialised), hot reload
-//! between runs, and `respawn`, which replaces an instance whose call was
-//! aborted (its memory may be half-updated) with a fresh one.
+//! (validated, signature-checked, instantiated, initialised), and hot
+//! reload between runs.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use m3u_proxy_plugin_abi::Stage;
 
@@ -128,33 +126,6 @@ impl Pipeline {
         }
         if let Ok(stamp) = file_stamp(path) {
             self.failed_files.insert(path.to_path_buf(), stamp);
-        }
-    }
-
-    /// Replaces a plugin's instance with a fresh one from its compiled module
-    /// (its memory may be inconsistent after an aborted call). If that fails,
-    /// the plugin is switched off.
-    pub(super) fn respawn(&mut self, index: usize) {
-        let settings = self.config.plugin_settings();
-        let Some(runtime) = &self.runtime else {
-            return;
-        };
-        let slot = &mut self.plugins[index];
-        let stem = slot.name().to_string();
-        let fresh = match &slot.compiled {
-            Some(compiled) => runtime.instantiate(compiled, &stem, &settings),
-            None => return,
-        };
-        match fresh.and_then(|instance| slot.replace_instance(instance)) {
-            Ok(()) => {}
-            Err(error) => {
-                log::warn!(
-                    "plugin `{stem}` could not be re-instantiated, switching it off: {error}"
-                );
-                slot.disabled = true;
-                slot.disabled_since = Some(Instant::now());
-                slot.last_error = Some(error.to_string());
-            }
         }
     }
 

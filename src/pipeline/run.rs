@@ -1,13 +1,11 @@
-//! The run loop: batches from the loader through the five stages, the
-//! holds that keep what a stage holds until the input ends, and the
-//! failure path.
+//! The run loop: batches from the loader through the five stages, and the
+//! holds that keep what a stage holds until the input ends.
 //!
-//! A failed batch is re-run here: [`Pipeline::run_stage`] tries the stage's
-//! candidates in order; when a plugin fails (`PluginSlot::record_failure`
-//! counts it and may open its circuit), the batch as it was before the
-//! candidate touched it goes to the next candidate, after `respawn`
-//! (registry.rs) if the call was aborted mid-way. The last candidate is
-//! always a native strategy, which cannot fail.
+//! [`Pipeline::run_stage`] runs one stage on one batch with the pipeline's
+//! own plugin instances: `candidates.rs` tries the stage's candidates in
+//! order, and a failure is recorded (`PluginSlot::record_failure`, which
+//! may open the circuit) and logged at once. A streaming run with parallel
+//! stages goes through `workers.rs` instead of [`Pipeline::advance`].
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,18 +14,24 @@ use std::time::{Duration, Instant};
 
 use m3u_proxy_plugin_abi::{MemoryPressureLevel, RunContext, Stage, StageContext};
 
+use super::candidates::{
+    apply_native, run_candidates, FallbackSettings, NativeState, PluginCalls, StageOutcome,
+};
 use super::registry::aborted_mid_call;
 use super::sources::{CollectSink, Loader};
 use super::strategy::{Candidate, NativeStrategy, StagePlan};
 use super::{
-    ChannelSink, HoldStats, PerStage, Pipeline, PluginStats, RunStats, Source, StageStats,
+    ChannelSink, HoldStats, PerStage, Pipeline, PluginSlot, PluginStats, RunStats, Source,
+    StageStats,
 };
+use crate::config::Config;
 use crate::native::dedup::PlaylistDedup;
 use crate::native::filter::FilterSet;
 use crate::native::mapping::Mapper;
 use crate::native::numbering::{number_the_rest, reserve_explicit_numbers, ChannelNumberer};
+use crate::runtime::PluginRuntime;
 use crate::store::{BatchQueue, ExternalSorter};
-use crate::{ErrorKind, OwnedChannel, Result};
+use crate::{Error, ErrorKind, OwnedChannel, Result};
 
 impl Pipeline {
     /// Runs the pipeline over `sources` into `sink`.
@@ -127,28 +131,25 @@ impl Pipeline {
 
         let batch_size = self.config.pipeline.batch_size;
         let mut loader = Loader::new(sources);
-        let mut loading_time = Duration::ZERO;
-        let mut begun = false;
-        let mut next_id = 1u64;
-        loop {
-            self.check_interrupted()?;
-            let batch_started = Instant::now();
-            let next = loader.next_batch(batch_size, &mut next_id)?;
-            loading_time += batch_started.elapsed();
-            let Some(batch) = next else {
-                break;
-            };
-            if !begun {
-                // The header of the first source is known once it has been
-                // read; headers of later sources are merged when known by now.
-                sink.begin(&loader.header)?;
-                begun = true;
-            }
-            run.stats.batches += 1;
-            run.stats.channels_loaded += batch.len() as u64;
-            let index = run.next_batch_index();
-            self.advance(&mut run, (index, batch), Stage::SourceLoading, sink)?;
+        let mut reader = BatchReader {
+            loader: &mut loader,
+            batch_size,
+            next_id: 1,
+            begun: false,
+            loading_time: Duration::ZERO,
+        };
+        match self.plan_flow(&run.plans) {
+            Some(flow) => self.run_with_workers(&mut run, &flow, &mut reader, sink)?,
+            None => loop {
+                self.check_interrupted()?;
+                let Some(batch) = reader.next(&mut run, sink)? else {
+                    break;
+                };
+                let index = run.next_batch_index();
+                self.advance(&mut run, (index, batch), Stage::SourceLoading, sink)?;
+            },
         }
+        let (begun, loading_time) = (reader.begun, reader.loading_time);
         run.stats.malformed_entries = loader.malformed;
         run.stages[Stage::SourceLoading].time_ms += loading_time.as_secs_f64() * 1e3;
         if !begun {
@@ -271,7 +272,7 @@ impl Pipeline {
         self.interrupt = Some(flag);
     }
 
-    fn check_interrupted(&self) -> Result<()> {
+    pub(super) fn check_interrupted(&self) -> Result<()> {
         match &self.interrupt {
             Some(flag) if flag.load(Ordering::Relaxed) => Err(ErrorKind::Interrupted.into()),
             _ => Ok(()),
@@ -344,8 +345,8 @@ impl Pipeline {
     }
 
     /// One batch through one stage: the chain's candidates in order until
-    /// one succeeds.
-    fn run_stage(
+    /// one succeeds, with the pipeline's own plugin instances.
+    pub(super) fn run_stage(
         &mut self,
         run: &mut RunState,
         stage: Stage,
@@ -354,168 +355,52 @@ impl Pipeline {
         let started = Instant::now();
         run.context.stage = stage;
         let channels_in = batch.len() as u64;
-        let fallbacks = &self.config.proxy_generation.wasm_plugins.fallbacks;
-        let (enable_fallbacks, max_failures) =
-            (fallbacks.enable_fallbacks, fallbacks.max_plugin_failures);
-        let normal_timeout =
-            Duration::from_secs(self.config.proxy_generation.wasm_plugins.timeout_seconds);
-        let fallback_timeout = Duration::from_millis(fallbacks.fallback_timeout_ms);
-        let mut used = None;
-        // Taken out for the loop (which updates `run`), put back after it;
-        // an error ends the run, so nothing needs it then.
-        let candidates = std::mem::take(&mut run.plans[stage].chain);
-        for (position, candidate) in candidates.iter().enumerate() {
-            let (chain, then) = match candidate {
-                Candidate::Native(native) => {
-                    self.apply_native(*native, batch, &mut run.numberer, &mut run.seen_keys);
-                    used = Some(native.name().to_string());
-                    break;
-                }
-                Candidate::Plugins { chain, then } => (chain, then),
-            };
-            if chain.iter().any(|&index| self.plugins[index].disabled) {
-                continue;
-            }
-            let timeout = if position == 0 {
-                normal_timeout
-            } else {
-                fallback_timeout.min(normal_timeout)
-            };
-            // A single plugin leaves a batch it fails on untouched; a chain
-            // keeps the stage's input to give the next candidate.
-            let stage_input = (chain.len() > 1).then(|| batch.clone());
-            let mut failed = None;
-            for &index in chain {
-                let slot = &mut self.plugins[index];
-                slot.instance.set_call_timeout(timeout);
-                run.stats.plugin_calls += 1;
-                match slot.run(stage, &run.context, batch) {
-                    Ok(()) => {}
-                    Err(error) if error.is_plugin_failure() => {
-                        failed = Some((index, error));
-                        break;
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-            let Some((index, error)) = failed else {
-                for &index in chain {
-                    self.plugins[index].record_success();
-                }
-                if let Some(native) = then {
-                    self.apply_native(*native, batch, &mut run.numberer, &mut run.seen_keys);
-                }
-                used = Some(self.candidate_name(candidate));
-                break;
-            };
-            if let Some(input) = stage_input {
-                *batch = input;
-            }
-            run.stats.plugin_failures += 1;
-            let slot = &mut self.plugins[index];
-            log::warn!(
-                "plugin `{}` failed on batch {} of {}: {error}",
-                slot.name(),
-                run.context.batch_index,
-                stage.name()
-            );
-            if slot.record_failure(&error, max_failures) {
-                log::warn!(
-                    "plugin `{}` switched off after {} failures (max_plugin_failures)",
-                    slot.name(),
-                    slot.failures
-                );
-            }
-            if aborted_mid_call(&error) {
-                self.respawn(index);
-            }
-            if !enable_fallbacks {
+        let settings = FallbackSettings::from_config(&self.config);
+        let mut calls = PipelineCalls {
+            plugins: &mut self.plugins,
+            runtime: self.runtime.as_ref(),
+            config: &self.config,
+            max_failures: settings.max_failures,
+        };
+        let rules = &self.rules;
+        let mut state = NativeState {
+            numberer: &mut run.numberer,
+            seen_keys: &mut run.seen_keys,
+        };
+        let outcome = run_candidates(
+            &run.plans[stage].chain,
+            &mut calls,
+            &mut |strategy, batch| apply_native(rules, strategy, batch, Some(&mut state)),
+            &settings,
+            &run.context,
+            batch,
+        );
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                run.stats.plugin_failures += u64::from(error.is_plugin_failure());
                 return Err(error);
             }
-            run.stats.fallbacks += 1;
-        }
-        run.plans[stage].chain = candidates;
-        let stage_stats = &mut run.stages[stage];
-        if let Some(name) = used {
-            stage_stats.count_batch(&name);
-        }
-        stage_stats.channels_in += channels_in;
-        stage_stats.channels_out += batch.len() as u64;
-        stage_stats.time_ms += started.elapsed().as_secs_f64() * 1e3;
+        };
+        let used = outcome
+            .used
+            .map(|position| self.candidate_name(&run.plans[stage].chain[position]));
+        let tally = StageTally {
+            stage,
+            outcome,
+            used,
+            channels_in,
+            channels_out: batch.len() as u64,
+            time: started.elapsed(),
+        };
+        run.count_stage(tally);
         Ok(())
-    }
-
-    fn apply_native(
-        &self,
-        native: NativeStrategy,
-        batch: &mut Vec<OwnedChannel>,
-        numberer: &mut ChannelNumberer,
-        seen_keys: &mut HashSet<u64>,
-    ) {
-        match native {
-            NativeStrategy::Mapping | NativeStrategy::ZstdCompression => {
-                if !self.rules.mapper.is_empty() {
-                    for channel in batch.iter_mut() {
-                        self.rules.mapper.apply(channel);
-                    }
-                }
-            }
-            NativeStrategy::ParallelMapping => {
-                if !self.rules.mapper.is_empty() {
-                    map_in_parallel(&self.rules.mapper, batch);
-                }
-            }
-            // inmemory_filter filters each batch as it comes; the stage's
-            // hold keeps the result until the input ends (and removes
-            // duplicates over the whole playlist there).
-            NativeStrategy::InMemoryFilter => {
-                if !self.rules.filters.is_empty() {
-                    batch.retain(|channel| self.rules.filters.keeps(channel));
-                }
-            }
-            NativeStrategy::Filter | NativeStrategy::RedisSpill => {
-                if !self.rules.filters.is_empty() {
-                    batch.retain(|channel| self.rules.filters.keeps(channel));
-                }
-                if let Some(dedup) = &self.rules.dedup {
-                    dedup.retain_first(batch, seen_keys);
-                }
-            }
-            NativeStrategy::BitmaskFilter => {
-                if !self.rules.filters.is_empty() {
-                    let keep = keep_bitmask(&self.rules.filters, batch);
-                    let mut index = 0;
-                    batch.retain(|_| {
-                        let kept = keep[index / 64] & (1 << (index % 64)) != 0;
-                        index += 1;
-                        kept
-                    });
-                }
-                if let Some(dedup) = &self.rules.dedup {
-                    dedup.retain_first(batch, seen_keys);
-                }
-            }
-            // As a per-batch fallback the in-memory numbering runs streaming:
-            // the barrier (where it differs) only exists when it runs first.
-            NativeStrategy::StreamingNumbering | NativeStrategy::InMemoryNumbering => {
-                for channel in batch.iter_mut() {
-                    numberer.assign(channel);
-                }
-            }
-            // Reading, holding and writing happen around the stages; as
-            // stage steps these leave the batch as it is.
-            NativeStrategy::StreamingSource
-            | NativeStrategy::InMemorySource
-            | NativeStrategy::CloudSpill
-            | NativeStrategy::StreamingWriter
-            | NativeStrategy::SortedWriter => {}
-        }
     }
 }
 
 /// The `[filtering]` filters as a keep bitmask (bit `i % 64` of word
 /// `i / 64` set: keep channel `i`), the form a plugin filter answers in.
-fn keep_bitmask(filters: &FilterSet, batch: &[OwnedChannel]) -> Vec<u64> {
+pub(super) fn keep_bitmask(filters: &FilterSet, batch: &[OwnedChannel]) -> Vec<u64> {
     let mut keep = vec![0u64; batch.len().div_ceil(64)];
     for (index, channel) in batch.iter().enumerate() {
         if filters.keeps(channel) {
@@ -530,7 +415,7 @@ const PARALLEL_MIN_CHANNELS_PER_WORKER: usize = 256;
 
 /// The `[mapping]` rules over a batch split among the machine's cores;
 /// channels stay in place, so the order is the input's.
-fn map_in_parallel(mapper: &Mapper, batch: &mut [OwnedChannel]) {
+pub(super) fn map_in_parallel(mapper: &Mapper, batch: &mut [OwnedChannel]) {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let workers = cores
         .min(batch.len() / PARALLEL_MIN_CHANNELS_PER_WORKER)
@@ -557,11 +442,11 @@ fn map_in_parallel(mapper: &Mapper, batch: &mut [OwnedChannel]) {
 /// barrier and the sorted writer have holds of their own).
 const HOLDING_STAGES: [Stage; 3] = [Stage::SourceLoading, Stage::DataMapping, Stage::Filtering];
 
-struct RunState {
-    stats: RunStats,
+pub(super) struct RunState {
+    pub(super) stats: RunStats,
     /// Each stage's counters (moved into `stats` when the run ends).
     stages: PerStage<StageStats>,
-    context: StageContext<'static>,
+    pub(super) context: StageContext<'static>,
     numberer: ChannelNumberer,
     /// Keys seen by the streaming native dedup (`[filtering.dedup]`).
     seen_keys: HashSet<u64>,
@@ -573,17 +458,148 @@ struct RunState {
     barrier: Option<BatchQueue<(u32, Vec<u64>)>>,
     /// The external sort (`sorted_writer`).
     sorter: Option<ExternalSorter>,
-    plans: PerStage<StagePlan>,
+    pub(super) plans: PerStage<StagePlan>,
     /// The index the next batch read (or made by a hold that regroups
     /// channels) gets.
     next_index: u32,
 }
 
 impl RunState {
-    fn next_batch_index(&mut self) -> u32 {
+    /// Adds what one stage did with one batch to the run's counters.
+    pub(super) fn count_stage(&mut self, tally: StageTally) {
+        self.stats.plugin_calls += tally.outcome.plugin_calls;
+        self.stats.plugin_failures += tally.outcome.plugin_failures;
+        self.stats.fallbacks += tally.outcome.fallbacks;
+        let stage_stats = &mut self.stages[tally.stage];
+        if let Some(name) = &tally.used {
+            stage_stats.count_batch(name);
+        }
+        stage_stats.channels_in += tally.channels_in;
+        stage_stats.channels_out += tally.channels_out;
+        stage_stats.time_ms += tally.time.as_secs_f64() * 1e3;
+    }
+
+    pub(super) fn next_batch_index(&mut self) -> u32 {
         let index = self.next_index;
         self.next_index = self.next_index.saturating_add(1);
         index
+    }
+}
+
+/// The loader and what reading batches updates.
+pub(super) struct BatchReader<'l> {
+    pub loader: &'l mut Loader,
+    pub batch_size: usize,
+    /// Id of the next channel read.
+    pub next_id: u64,
+    /// Whether the sink has begun (with the first batch).
+    pub begun: bool,
+    pub loading_time: Duration,
+}
+
+impl BatchReader<'_> {
+    /// Reads the next batch; the sink begins with the first.
+    pub(super) fn next(
+        &mut self,
+        run: &mut RunState,
+        sink: &mut dyn ChannelSink,
+    ) -> Result<Option<Vec<OwnedChannel>>> {
+        let started = Instant::now();
+        let next = self.loader.next_batch(self.batch_size, &mut self.next_id)?;
+        self.loading_time += started.elapsed();
+        let Some(batch) = next else {
+            return Ok(None);
+        };
+        if !self.begun {
+            // The header of the first source is known once it has been
+            // read; headers of later sources are merged when known by now.
+            sink.begin(&self.loader.header)?;
+            self.begun = true;
+        }
+        run.stats.batches += 1;
+        run.stats.channels_loaded += batch.len() as u64;
+        Ok(Some(batch))
+    }
+}
+
+/// What one stage did with one batch, counted when the batch's turn comes.
+pub(super) struct StageTally {
+    pub stage: Stage,
+    pub outcome: StageOutcome,
+    /// Name of the candidate used.
+    pub used: Option<String>,
+    pub channels_in: u64,
+    pub channels_out: u64,
+    pub time: Duration,
+}
+
+/// The pipeline's own plugin instances, as the candidate loop calls them: a
+/// failure is recorded at once, and an aborted instance replaced.
+struct PipelineCalls<'p> {
+    plugins: &'p mut [PluginSlot],
+    runtime: Option<&'p PluginRuntime>,
+    config: &'p Config,
+    max_failures: u32,
+}
+
+impl PluginCalls for PipelineCalls<'_> {
+    fn is_disabled(&mut self, index: usize) -> bool {
+        self.plugins[index].disabled
+    }
+
+    fn call(
+        &mut self,
+        index: usize,
+        context: &StageContext<'_>,
+        batch: &mut Vec<OwnedChannel>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let slot = &mut self.plugins[index];
+        slot.instance.set_call_timeout(timeout);
+        slot.run(context.stage, context, batch)
+    }
+
+    fn succeeded(&mut self, index: usize) {
+        self.plugins[index].record_success();
+    }
+
+    fn failed(&mut self, index: usize, context: &StageContext<'_>, error: &Error) {
+        let slot = &mut self.plugins[index];
+        note_failure(
+            slot,
+            context,
+            error.label(),
+            error.to_string(),
+            self.max_failures,
+        );
+        if aborted_mid_call(error) {
+            if let Some(runtime) = self.runtime {
+                slot.respawn(runtime, &self.config.plugin_settings());
+            }
+        }
+    }
+}
+
+/// Logs a plugin's failure on a batch and counts it against its circuit.
+pub(super) fn note_failure(
+    slot: &mut PluginSlot,
+    context: &StageContext<'_>,
+    label: &'static str,
+    message: String,
+    max_failures: u32,
+) {
+    log::warn!(
+        "plugin `{}` failed on batch {} of {}: {message}",
+        slot.name(),
+        context.batch_index,
+        context.stage.name()
+    );
+    if slot.record_failure_as(label, message, max_failures) {
+        log::warn!(
+            "plugin `{}` switched off after {} failures (max_plugin_failures)",
+            slot.name(),
+            slot.failures
+        );
     }
 }
 

@@ -21,3 +21,4 @@ pub mod serve;
 pub mod signing;
 pub mod spill;
 pub mod whole_playlist_dedup;
+pub mod workers;

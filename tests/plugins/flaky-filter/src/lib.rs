@@ -14,6 +14,8 @@ struct FlakyFilter {
 impl Plugin for FlakyFilter {
     const DESCRIPTION: &'static str = "Traps on batches containing `trap_on` (tests only)";
     const READS: FieldSet = FieldSet::of(&[Field::ChannelName]);
+    // Whether it traps depends on the batch alone, so workers may run it.
+    const PARALLEL_SAFE: bool = true;
 
     fn init(&mut self) -> Result<(), PluginError> {
         self.trap_on = config::get_or("trap_on", "(240p)");
