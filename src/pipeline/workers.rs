@@ -22,8 +22,6 @@
 //!   batches first). So a worker never needs a health it cannot know.
 //! - At most `2 × workers` batches are between reading and the sink.
 
-use std::collections::BTreeMap;
-use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -153,15 +151,18 @@ impl Pipeline {
     ) -> Result<()> {
         let shared = self.worker_shared(run, flow);
         let queue = JobQueue::default();
-        let (done_sender, done_receiver) = mpsc::channel::<Done>();
         std::thread::scope(|scope| {
             // The pipeline's thread counts as one of the workers: it reads,
             // numbers, writes and takes each batch's turn, which is as much
             // work as the plugins of a typical configuration.
             let mut threads = 0;
             for number in 1..flow.workers {
-                let done = done_sender.clone();
                 let (queue, shared) = (&queue, &shared);
+                queue
+                    .state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .running += 1;
                 let spawned = std::thread::Builder::new()
                     .name(format!("m3u-worker-{number}"))
                     .stack_size(WORKER_STACK_BYTES)
@@ -170,27 +171,29 @@ impl Pipeline {
                         while let Some(job) = queue.pop_wait() {
                             let (seq, group) = (job.seq, job.group);
                             let result = worker.run(job);
-                            let done_job = Done::Job { seq, group, result };
-                            if done.send(done_job).is_err() {
-                                break;
-                            }
+                            queue.answer(Done::Job { seq, group, result });
                         }
-                        let _ = done.send(Done::Stopped(worker.into_stats()));
+                        queue.answer(Done::Stopped(worker.into_stats()));
                     });
                 match spawned {
                     Ok(_) => threads += 1,
-                    Err(error) => log::warn!("could not start worker thread {number}: {error}"),
+                    Err(error) => {
+                        queue
+                            .state
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .running -= 1;
+                        log::warn!("could not start worker thread {number}: {error}");
+                    }
                 }
             }
-            drop(done_sender);
             let mut driver = Driver {
                 flow,
                 queue: &queue,
-                done: done_receiver,
                 helper: Worker::new(&shared),
                 threads,
-                tickets: BTreeMap::new(),
-                results: BTreeMap::new(),
+                tickets: FewByKey::default(),
+                results: FewByKey::default(),
                 cursor: 0,
                 next_seq: 0,
                 stats: Vec::new(),
@@ -203,15 +206,18 @@ impl Pipeline {
             // with their last message.
             queue.close();
             let Driver {
-                done,
-                helper,
-                mut stats,
-                ..
+                helper, mut stats, ..
             } = driver;
             stats.push(helper.into_stats());
-            for message in done.iter() {
-                if let Done::Stopped(worker_stats) = message {
-                    stats.push(worker_stats);
+            loop {
+                let answers = queue.wait_answers();
+                if answers.is_empty() {
+                    break;
+                }
+                for answer in answers {
+                    if let Done::Stopped(worker_stats) = answer {
+                        stats.push(worker_stats);
+                    }
                 }
             }
             for (index, call_stats) in stats.into_iter().flatten() {
@@ -304,20 +310,47 @@ enum Done {
 }
 
 /// Jobs waiting for a worker, the earliest in input order first (the
-/// batch whose turn it is never waits behind batches read ahead).
+/// batch whose turn it is never waits behind batches read ahead), and the
+/// workers' answers.
 #[derive(Default)]
 struct JobQueue {
     state: Mutex<QueueState>,
     ready: Condvar,
+    answered: Condvar,
 }
 
 #[derive(Default)]
 struct QueueState {
-    jobs: BTreeMap<(u64, usize), Job>,
+    jobs: FewByKey<(u64, usize), Job>,
     closed: bool,
+    answers: Vec<Done>,
+    /// Worker threads that have not stopped.
+    running: usize,
 }
 
 impl JobQueue {
+    /// A worker's answer (`Done::Stopped` is its last).
+    fn answer(&self, done: Done) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(done, Done::Stopped(_)) {
+            state.running -= 1;
+        }
+        state.answers.push(done);
+        self.answered.notify_one();
+    }
+
+    /// Waits for answers; empty once every worker thread has stopped.
+    fn wait_answers(&self) -> Vec<Done> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while state.answers.is_empty() && state.running > 0 {
+            state = self
+                .answered
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        std::mem::take(&mut state.answers)
+    }
+
     fn push(&self, job: Job) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.jobs.insert((job.seq, job.group), job);
@@ -331,7 +364,7 @@ impl JobQueue {
             if state.closed {
                 return None;
             }
-            if let Some((_, job)) = state.jobs.pop_first() {
+            if let Some(job) = state.jobs.pop_first() {
                 return Some(job);
             }
             state = self
@@ -343,7 +376,7 @@ impl JobQueue {
 
     fn try_pop(&self) -> Option<Job> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.jobs.pop_first().map(|(_, job)| job)
+        state.jobs.pop_first()
     }
 
     fn close(&self) {
@@ -590,15 +623,14 @@ enum Ticket {
 struct Driver<'f, 's> {
     flow: &'f Flow,
     queue: &'f JobQueue,
-    done: mpsc::Receiver<Done>,
     /// The pipeline's thread as a worker, when no worker thread started.
     helper: Worker<'s>,
     /// Worker threads running.
     threads: usize,
     /// Batches between reading and the sink, by sequence number.
-    tickets: BTreeMap<u64, Ticket>,
+    tickets: FewByKey<u64, Ticket>,
     /// Results that came back before their turn.
-    results: BTreeMap<(u64, usize), JobResult>,
+    results: FewByKey<(u64, usize), JobResult>,
     /// The batch whose turn it is.
     cursor: u64,
     next_seq: u64,
@@ -650,21 +682,26 @@ impl Driver<'_, '_> {
                 0 => self.queue.try_pop(),
                 _ => None,
             };
-            let done = match job {
+            let answers = match job {
                 Some(job) => {
                     let (seq, group) = (job.seq, job.group);
                     let result = self.helper.run(job);
-                    Done::Job { seq, group, result }
+                    vec![Done::Job { seq, group, result }]
                 }
-                None => self.done.recv().map_err(|_| {
-                    Error::config("every worker thread stopped; set [pipeline] workers = 1")
-                })?,
+                None => self.queue.wait_answers(),
             };
-            match done {
-                Done::Job { seq, group, result } => {
-                    self.results.insert((seq, group), result);
+            if answers.is_empty() {
+                return Err(Error::config(
+                    "every worker thread stopped; set [pipeline] workers = 1",
+                ));
+            }
+            for answer in answers {
+                match answer {
+                    Done::Job { seq, group, result } => {
+                        self.results.insert((seq, group), result);
+                    }
+                    Done::Stopped(stats) => self.stats.push(stats),
                 }
-                Done::Stopped(stats) => self.stats.push(stats),
             }
         }
     }
@@ -884,5 +921,45 @@ impl Driver<'_, '_> {
             }
         }
         Ok(batch)
+    }
+}
+
+/// A few values by key (never more than 2 × workers here): a vector
+/// searched from end to end, which is smaller code than a map.
+struct FewByKey<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for FewByKey<K, V> {
+    fn default() -> Self {
+        FewByKey(Vec::new())
+    }
+}
+
+impl<K: Ord + Copy, V> FewByKey<K, V> {
+    fn insert(&mut self, key: K, value: V) {
+        self.remove(&key);
+        self.0.push((key, value));
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let position = self.0.iter().position(|(other, _)| other == key)?;
+        Some(self.0.swap_remove(position).1)
+    }
+
+    /// The value with the smallest key.
+    fn pop_first(&mut self) -> Option<V> {
+        let position = (0..self.0.len()).min_by_key(|&position| self.0[position].0)?;
+        Some(self.0.swap_remove(position).1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
