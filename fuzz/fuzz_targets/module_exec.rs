@@ -45,7 +45,7 @@ use m3u_plugin_host::pipeline::PluginSlot;
 use m3u_plugin_host::runtime::{PluginRuntime, PluginSettings, RuntimeLimits, MIN_FUEL_SLICE};
 use m3u_plugin_host::OwnedChannel;
 use wasmi::{
-    CompilationMode, Engine, Extern, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Val,
+    Engine, Extern, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Val,
 };
 
 const FUEL: u64 = 100_000;
@@ -123,12 +123,9 @@ fn runtime() -> PluginRuntime {
 
 /// The engine settings `PluginRuntime::new` uses (fresh per input, as above).
 fn engine() -> Engine {
-    let mut config = wasmi::Config::default();
-    config
-        .consume_fuel(true)
-        .set_max_recursion_depth(RuntimeLimits::default().max_recursion_depth)
-        .compilation_mode(CompilationMode::Eager);
-    Engine::new(&config)
+    Engine::new(&m3u_plugin_host::runtime::engine_config(
+        &RuntimeLimits::default(),
+    ))
 }
 
 fn smith_config(u: &mut Unstructured<'_>) -> arbitrary::Result<(wasm_smith::Config, bool, bool)> {

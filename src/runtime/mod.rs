@@ -22,7 +22,7 @@ mod instance;
 use std::time::Duration;
 
 use m3u_proxy_plugin_abi::{exports, host_functions, ABI_VERSION, ABI_VERSION_SECTION};
-use wasmi::{CompilationMode, Config, Engine, ExternType, Linker, Module};
+use wasmi::{CompilationMode, Config, CustomFuelCosts, Engine, ExternType, Linker, Module};
 
 use crate::{Error, ErrorKind, Result};
 
@@ -206,6 +206,31 @@ pub fn check_allowlist(allowed_host_functions: &[String]) -> Result<()> {
     }
 }
 
+/// The wasmi settings every plugin runs under (the fuzz targets use them
+/// too): fuel metering, the recursion limit, and how code is translated.
+pub fn engine_config(limits: &RuntimeLimits) -> Config {
+    let mut config = Config::default();
+    config
+        .consume_fuel(limits.fuel_metering)
+        .set_max_recursion_depth(limits.max_recursion_depth)
+        // Validated when loaded, each function translated on its first
+        // call: loading costs what the plugin uses, not its whole code.
+        .compilation_mode(CompilationMode::LazyTranslation)
+        // Translation is charged no fuel. Charged, a fuel slice that ends
+        // while a callee is being translated ends the whole call with an
+        // error that cannot be resumed (wasmi #2032), so a plugin would
+        // fail at random slice boundaries. Uncharged, it is host work
+        // bounded by the module's size (`max_module_bytes`), done once
+        // per function and module: what eager translation did at load.
+        // Instructions cost what they did (copies: 64 bytes per fuel).
+        .fuel_cost(CustomFuelCosts {
+            bytes_copied_per_fuel: 64,
+            fuel_per_bytes_translated: 0,
+            fuel_per_bytes_validated: 0,
+        });
+    config
+}
+
 impl PluginRuntime {
     /// A runtime with these limits whose linker offers only `allowed_host_functions`.
     ///
@@ -219,14 +244,7 @@ impl PluginRuntime {
                 "fuel_per_call and fuel_slice must be at least 1",
             ));
         }
-        let mut config = Config::default();
-        config
-            .consume_fuel(limits.fuel_metering)
-            .set_max_recursion_depth(limits.max_recursion_depth)
-            // Eager translation: fuel slicing must be able to pause and resume
-            // any call, which lazy translation does not promise (wasmi #1859).
-            .compilation_mode(CompilationMode::Eager);
-        let engine = Engine::new(&config);
+        let engine = Engine::new(&engine_config(&limits));
         let linker = std::sync::Arc::new(host::linker(&engine, allowed_host_functions));
         Ok(PluginRuntime {
             engine,

@@ -77,14 +77,10 @@ fn fuzz_runtime() -> PluginRuntime {
 }
 
 /// Runs every exported function of `wasm` on an engine configured like the
-/// host's (fuel, eager compilation, recursion limit) with one host fuel slice
+/// host's (`runtime::engine_config`: fuel, translation, recursion limit) with one host fuel slice
 /// each, as the `module_exec` target does; returns each call's outcome.
 fn run_exports_directly(wasm: &[u8]) -> Vec<(String, Result<(), wasmi::Error>)> {
-    let mut config = wasmi::Config::default();
-    config
-        .consume_fuel(true)
-        .set_max_recursion_depth(RuntimeLimits::default().max_recursion_depth)
-        .compilation_mode(wasmi::CompilationMode::Eager);
+    let config = m3u_plugin_host::runtime::engine_config(&RuntimeLimits::default());
     let engine = wasmi::Engine::new(&config);
     let module = wasmi::Module::new(&engine, wasm).unwrap();
     let limits = wasmi::StoreLimitsBuilder::new()

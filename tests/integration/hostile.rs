@@ -997,3 +997,98 @@ fn an_answer_announcing_more_channels_than_the_batch_is_refused_before_decoding(
     );
     // That message comes from the length-prefix check: nothing was decoded.
 }
+
+/// `ignores_input.wat` whose `m3u_execute_stage` first calls `$big`, a
+/// function of `repeats` × 4 instructions (7 bytes together): wasmi
+/// translates it on its first call, in the middle of the stage call.
+fn large_callee_plugin(repeats: usize) -> Vec<u8> {
+    let body = "    local.get 0 i32.const 1 i32.add local.set 0\n".repeat(repeats);
+    let text = replace_once(
+        &wat_text("ignores_input.wat"),
+        "  (func (export \"m3u_execute_stage\") (param i32 i32) (result i32)\n",
+        &format!(
+            "  (func $big (param i32) (result i32)\n{body}    local.get 0)\n\
+             (func (export \"m3u_execute_stage\") (param i32 i32) (result i32)\n\
+             (drop (call $big (i32.const 0)))\n"
+        ),
+    );
+    wat_str(&text)
+}
+
+fn filtering_context() -> StageContext<'static> {
+    StageContext {
+        stage: Filtering,
+        ..StageContext::default()
+    }
+}
+
+#[test]
+fn a_large_function_translated_during_a_call_runs_across_fuel_slices() {
+    // 5,000 repeats: ~35 KB of code, which wasmi's default costs would
+    // charge ~245,000 fuel to translate, mid-call, out of a 10,000 slice.
+    // Charged, that ends the call with an error that cannot be resumed;
+    // the host charges translation nothing, so the call goes on.
+    let wasm = large_callee_plugin(5_000);
+    assert!(wasm.len() > 35_000, "{}", wasm.len());
+    let limits = RuntimeLimits {
+        fuel_slice: m3u_plugin_host::runtime::MIN_FUEL_SLICE,
+        ..RuntimeLimits::default()
+    };
+    let runtime = runtime_with(limits, &allowlist_with(&[]));
+    let instance = runtime
+        .load(&wasm, "large_callee", &PluginSettings::new())
+        .unwrap();
+    let mut slot = PluginSlot::new(instance, PathBuf::from("large_callee"));
+    let all = first_batch();
+    for call in 0..3 {
+        let mut batch = all.clone();
+        slot.run(Filtering, &filtering_context(), &mut batch)
+            .unwrap_or_else(|error| panic!("call {call}: {error}"));
+        assert_eq!(batch, all);
+    }
+    // ~20,000 instructions of $big: several slices per call, the same fuel
+    // on the first call (which translated $big) as on the next ones.
+    let fuel = slot.instance.stats().fuel_consumed;
+    assert!(fuel > 60_000, "{fuel}");
+    assert_eq!(fuel % 3, 0, "each call costs the same: {fuel}");
+}
+
+#[test]
+fn running_out_of_fuel_in_a_lazily_translated_function_fails_cleanly() {
+    let wasm = large_callee_plugin(5_000);
+    let tight = RuntimeLimits {
+        fuel_per_call: 12_000,
+        fuel_slice: m3u_plugin_host::runtime::MIN_FUEL_SLICE,
+        ..RuntimeLimits::default()
+    };
+    let runtime = runtime_with(tight, &allowlist_with(&[]));
+    let instance = runtime
+        .load(&wasm, "large_callee", &PluginSettings::new())
+        .unwrap();
+    let mut slot = PluginSlot::new(instance, PathBuf::from("large_callee"));
+    let all = first_batch();
+    let mut batch = all.clone();
+    let error = slot
+        .run(Filtering, &filtering_context(), &mut batch)
+        .unwrap_err();
+    assert_eq!(error.label(), "out_of_fuel", "{error}");
+    assert_eq!(batch, all, "the batch is untouched");
+    // The host stays usable: a new instance of the same compiled code fails
+    // the same way, and with enough fuel the same module runs.
+    let again = runtime
+        .load(&wasm, "large_callee", &PluginSettings::new())
+        .unwrap();
+    let mut again = PluginSlot::new(again, PathBuf::from("large_callee"));
+    let error = again
+        .run(Filtering, &filtering_context(), &mut batch)
+        .unwrap_err();
+    assert_eq!(error.label(), "out_of_fuel", "{error}");
+    let generous = runtime_with(RuntimeLimits::default(), &allowlist_with(&[]));
+    let instance = generous
+        .load(&wasm, "large_callee", &PluginSettings::new())
+        .unwrap();
+    let mut slot = PluginSlot::new(instance, PathBuf::from("large_callee"));
+    slot.run(Filtering, &filtering_context(), &mut batch)
+        .expect("enough fuel");
+    assert_eq!(batch, all);
+}
