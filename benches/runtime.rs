@@ -103,6 +103,10 @@ fn call_overhead(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    println!(
+        "empty stage call: {} fuel in the guest (passthrough)",
+        instance.stats().last_call_fuel
+    );
     group.bench_function("check_memory_pressure", |b| {
         b.iter(|| {
             instance

@@ -12,7 +12,10 @@ use m3u_proxy_plugin_abi::{
 };
 
 use crate::arena::{arena_ptr, release_all, with_data, GuestCell, ARENA_BYTES, DATA_BYTES};
-use crate::{hostcalls, Batch, KeepMask, Patches, Plugin, PluginError, Rebuilt};
+use crate::{
+    hostcalls, Batch, Filter, KeepMask, Mapper, Numberer, Patches, Plugin, PluginError, Rebuilt,
+    Transformer,
+};
 
 /// The plugin, type-erased so the SDK can own the single instance.
 trait Dispatch {
@@ -71,42 +74,25 @@ impl<P: Plugin> Dispatch for P {
         ctx: &StageContext<'_>,
         batch: &'a Batch<'a>,
     ) -> Result<StageOutput<'a>, PluginError> {
-        // A stage goes to the first trait that lists it.
+        // A stage goes to the first trait that lists it. Each runs in a
+        // function of its own, so a call is charged only the fuel of the
+        // one it takes (see `encode_answer`).
         if let Some(filter) = self.as_filter().filter(|f| f.stages().contains(&stage)) {
-            let mut keep = KeepMask::new(batch.len());
-            filter.filter_batch(ctx, batch, &mut keep);
-            return Ok(keep.into_answer());
+            return Ok(run_filter(filter, ctx, batch));
         }
         if let Some(mapper) = self.as_mapper().filter(|m| m.stages().contains(&stage)) {
-            let mut patches = Patches::default();
-            mapper.map_batch(ctx, batch, &mut patches);
-            return Ok(patches.into_answer());
+            return Ok(run_mapper(mapper, ctx, batch));
         }
         if stage == Stage::ChannelNumbering {
             if let Some(numberer) = self.as_numberer() {
-                let mut numbers = FieldValues::new(m3u_proxy_plugin_abi::Field::TvgChno);
-                let mut digits = [0u8; 10];
-                for channel in batch.iter() {
-                    if let Some(number) = numberer.number(ctx, channel) {
-                        numbers.push(channel.index() as u32, decimal(number, &mut digits));
-                    }
-                }
-                if numbers.is_empty() {
-                    return Ok(StageOutput::KeepAll);
-                }
-                return Ok(StageOutput::Changes(m3u_proxy_plugin_abi::Changes {
-                    fields: alloc::vec![numbers],
-                    ..Default::default()
-                }));
+                return Ok(run_numberer(numberer, ctx, batch));
             }
         }
         if let Some(transformer) = self
             .as_transformer()
             .filter(|t| t.stages().contains(&stage))
         {
-            let mut out = Rebuilt::new(batch.len());
-            transformer.transform(ctx, batch, &mut out);
-            return Ok(out.into_answer());
+            return Ok(run_transformer(transformer, ctx, batch));
         }
         Err(PluginError::UnsupportedStage)
     }
@@ -116,18 +102,108 @@ impl<P: Plugin> Dispatch for P {
     }
 }
 
-/// `number` in decimal, written into `digits`.
-fn decimal(mut number: u32, digits: &mut [u8; 10]) -> &str {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (number % 10) as u8;
-        number /= 10;
-        if number == 0 {
-            break;
+#[inline(never)]
+fn run_filter<'a>(
+    filter: &mut dyn Filter,
+    ctx: &StageContext<'_>,
+    batch: &'a Batch<'a>,
+) -> StageOutput<'a> {
+    let mut keep = KeepMask::new(batch.len());
+    filter.filter_batch(ctx, batch, &mut keep);
+    keep.into_answer()
+}
+
+#[inline(never)]
+fn run_mapper<'a>(
+    mapper: &mut dyn Mapper,
+    ctx: &StageContext<'_>,
+    batch: &'a Batch<'a>,
+) -> StageOutput<'a> {
+    let mut patches = Patches::default();
+    mapper.map_batch(ctx, batch, &mut patches);
+    patches.into_answer()
+}
+
+#[inline(never)]
+fn run_numberer<'a>(
+    numberer: &mut dyn Numberer,
+    ctx: &StageContext<'_>,
+    batch: &'a Batch<'a>,
+) -> StageOutput<'a> {
+    let mut numbers = FieldValues::new(m3u_proxy_plugin_abi::Field::TvgChno);
+    let mut digits = String::new();
+    for channel in batch.iter() {
+        if let Some(number) = numberer.number(ctx, channel) {
+            digits.clear();
+            crate::push_decimal(&mut digits, number.into());
+            numbers.push(channel.index() as u32, &digits);
         }
     }
-    core::str::from_utf8(&digits[start..]).unwrap_or("0")
+    if numbers.is_empty() {
+        return StageOutput::KeepAll;
+    }
+    StageOutput::Changes(m3u_proxy_plugin_abi::Changes {
+        fields: alloc::vec![numbers],
+        ..Default::default()
+    })
+}
+
+#[inline(never)]
+fn run_transformer<'a>(
+    transformer: &mut dyn Transformer,
+    ctx: &StageContext<'_>,
+    batch: &'a Batch<'a>,
+) -> StageOutput<'a> {
+    let mut out = Rebuilt::new(batch.len());
+    transformer.transform(ctx, batch, &mut out);
+    out.into_answer()
+}
+
+/// Encodes `output` into `spare`, or `None` if it does not fit.
+///
+/// wasmi charges a function's straight-line code (everything outside its
+/// `if`s and `loop`s) when the function is entered, whether it runs or not.
+/// postcard's encoder of `StageOutput` is one large `match`, so calling it
+/// for the one-byte "keep all" cost thousands of fuel; that answer is
+/// written here, and the encoder is only entered for the others.
+fn encode_answer(output: &StageOutput<'_>, spare: &mut [u8]) -> Option<usize> {
+    match output {
+        StageOutput::KeepAll => {
+            *spare.first_mut()? = m3u_proxy_plugin_abi::wire_tags::ANSWER_KEEP_ALL;
+            Some(1)
+        }
+        other => encode_with_postcard(other, spare),
+    }
+}
+
+#[inline(never)]
+fn encode_with_postcard(output: &StageOutput<'_>, spare: &mut [u8]) -> Option<usize> {
+    postcard::to_slice(output, spare)
+        .ok()
+        .map(|encoded| encoded.len())
+}
+
+/// An answer larger than the free part of the arena: encoded on the heap
+/// and sent through the arena in chunks (`write_channels`).
+#[cold]
+#[inline(never)]
+fn send_in_chunks(output: StageOutput<'_>, spare: &mut [u8]) -> i32 {
+    let Ok(encoded) = postcard::to_allocvec(&output) else {
+        return status::PLUGIN_ERROR;
+    };
+    drop(output);
+    if spare.is_empty() {
+        return status::OUTPUT_LIMIT;
+    }
+    for chunk in encoded.chunks(spare.len()) {
+        let staged = &mut spare[..chunk.len()];
+        staged.copy_from_slice(chunk);
+        let status = hostcalls::write_channels(staged);
+        if status != status::OK {
+            return status;
+        }
+    }
+    status::OK
 }
 
 static INSTANCE: GuestCell<Option<Box<dyn Dispatch>>> = GuestCell::new(None);
@@ -314,27 +390,10 @@ pub fn execute_stage<P: Plugin>(stage: i32, input_len: i32) -> i32 {
                 Err(error) => return error.status(),
             };
             // Fast path: encode straight into the free part of the arena.
-            if let Ok(encoded) = postcard::to_slice(&output, spare) {
-                return encoded.len() as i32;
+            if let Some(len) = encode_answer(&output, spare) {
+                return len as i32;
             }
-            // The output is larger than what is left: encode it on the heap
-            // and send it through the arena in chunks.
-            let Ok(encoded) = postcard::to_allocvec(&output) else {
-                return status::PLUGIN_ERROR;
-            };
-            drop(output);
-            if spare.is_empty() {
-                return status::OUTPUT_LIMIT;
-            }
-            for chunk in encoded.chunks(spare.len()) {
-                let staged = &mut spare[..chunk.len()];
-                staged.copy_from_slice(chunk);
-                let status = hostcalls::write_channels(staged);
-                if status != status::OK {
-                    return status;
-                }
-            }
-            status::OK
+            send_in_chunks(output, spare)
         })
         .unwrap_or(status::PLUGIN_ERROR)
     })

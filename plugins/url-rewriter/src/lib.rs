@@ -50,21 +50,6 @@ impl Mapper for UrlRewriter {
     }
 }
 
-/// Appends `value` in decimal (without the formatting machinery).
-fn push_decimal(out: &mut String, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend(digits[start..].iter().map(|&digit| char::from(digit)));
-}
-
 export_plugin!(UrlRewriter, "url_rewriter");
 
 #[cfg(test)]
