@@ -60,16 +60,32 @@ impl Default for Values<'_> {
     }
 }
 
+/// `cow.to_mut()`, with the copy of borrowed bytes out of line: a guest
+/// pushes values per channel, and wasmi charges the fuel of inlined code
+/// that does not run (the copy) on every push.
+fn owned<'c>(cow: &'c mut Cow<'_, [u8]>) -> &'c mut Vec<u8> {
+    #[cold]
+    #[inline(never)]
+    fn to_owned(cow: &mut Cow<'_, [u8]>) {
+        *cow = Cow::Owned(cow.to_vec());
+    }
+    if let Cow::Borrowed(_) = cow {
+        to_owned(cow);
+    }
+    match cow {
+        Cow::Owned(bytes) => bytes,
+        Cow::Borrowed(_) => unreachable!("made owned above"),
+    }
+}
+
 impl<'a> Values<'a> {
     /// Records `value` for the channel at `index`.
     pub fn push(&mut self, index: u32, value: &str) {
-        self.indices
-            .to_mut()
-            .extend_from_slice(&index.to_le_bytes());
-        let data = self.data.to_mut();
+        owned(&mut self.indices).extend_from_slice(&index.to_le_bytes());
+        let data = owned(&mut self.data);
         data.extend_from_slice(value.as_bytes());
         let end = data.len() as u32;
-        self.offsets.to_mut().extend_from_slice(&end.to_le_bytes());
+        owned(&mut self.offsets).extend_from_slice(&end.to_le_bytes());
     }
 
     /// Removes the last value if it is for the channel at `index`; returns

@@ -406,27 +406,21 @@ impl<'a> Patches<'a> {
         if !field.is_text() {
             return;
         }
-        self.fields[field as usize]
-            .get_or_insert_with(|| abi::FieldValues::new(field))
-            .push(self.current, value.as_ref());
+        let current = self.current;
+        match &mut self.fields[field as usize] {
+            Some(column) => column.push(current, value.as_ref()),
+            empty => first_field_value(empty, field, current, value.as_ref()),
+        }
     }
 
     /// Sets (or adds) an extra attribute of the current channel (the value
     /// is copied).
     pub fn set_attribute(&mut self, name: impl Into<Cow<'a, str>>, value: impl AsRef<str>) {
         let name = name.into();
-        let column = match self.attributes.iter().position(|c| c.name == name) {
-            Some(position) => &mut self.attributes[position],
-            None => {
-                self.attributes.push(abi::AttributeValues {
-                    name,
-                    values: abi::Values::default(),
-                });
-                let last = self.attributes.len() - 1;
-                &mut self.attributes[last]
-            }
-        };
-        column.values.push(self.current, value.as_ref());
+        match self.attributes.iter_mut().find(|c| c.name == name) {
+            Some(column) => column.values.push(self.current, value.as_ref()),
+            None => first_attribute_value(&mut self.attributes, name, self.current, value.as_ref()),
+        }
     }
 
     /// Removes an extra attribute of the current channel.
@@ -482,6 +476,35 @@ impl<'a> Patches<'a> {
             abi::StageOutput::Changes(self.into_changes())
         }
     }
+}
+
+// The first value of a column, out of line: `Patches::set` and
+// `set_attribute` run per channel, and wasmi charges the fuel of inlined code
+// that does not run on every call.
+#[cold]
+#[inline(never)]
+fn first_field_value(
+    empty: &mut Option<abi::FieldValues<'static>>,
+    field: Field,
+    index: u32,
+    value: &str,
+) {
+    empty
+        .get_or_insert_with(|| abi::FieldValues::new(field))
+        .push(index, value);
+}
+
+#[cold]
+#[inline(never)]
+fn first_attribute_value<'a>(
+    columns: &mut Vec<abi::AttributeValues<'a>>,
+    name: Cow<'a, str>,
+    index: u32,
+    value: &str,
+) {
+    let mut values = abi::Values::default();
+    values.push(index, value);
+    columns.push(abi::AttributeValues { name, values });
 }
 
 /// A rebuilt batch: input channels by position (in the new order, each at
