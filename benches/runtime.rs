@@ -88,6 +88,25 @@ fn native_normalize_batch(batch: &mut [OwnedChannel]) {
     }
 }
 
+/// The least a plugin can be: answers every batch "keep all" (written right
+/// after the input) without reading it.
+const BARE_PLUGIN: &str = r#"(module
+  (@custom "m3u_abi_version" "\02\00\00\00")
+  (memory (export "memory") 1)
+  (data (i32.const 16)
+    "\04" "bare" "\01" "1" "\00" "\00" "\04" "\00" "\00" "\00" "\04" "\00\00")
+  (func (export "m3u_arena_ptr") (result i32) (i32.const 1024))
+  (func (export "m3u_arena_capacity") (result i32) (i32.const 32768))
+  (func (export "m3u_plugin_info") (result i32)
+    (memory.copy (i32.const 1024) (i32.const 16) (i32.const 16))
+    (i32.const 16))
+  (func (export "m3u_init") (result i32) (i32.const 0))
+  (func (export "m3u_execute_stage") (param i32 i32) (result i32)
+    (i32.store8 (i32.add (i32.const 1024) (local.get 1)) (i32.const 3))
+    (i32.const 1))
+  (func (export "m3u_check_memory_pressure") (param i32) (result i32) (i32.const 1))
+  (func (export "m3u_cleanup") (result i32) (i32.const 0)))"#;
+
 fn call_overhead(c: &mut Criterion) {
     let runtime = runtime();
     let mut instance = load(&runtime, "passthrough.wasm");
@@ -106,6 +125,26 @@ fn call_overhead(c: &mut Criterion) {
     println!(
         "empty stage call: {} fuel in the guest (passthrough)",
         instance.stats().last_call_fuel
+    );
+    // The host's share: the same call into a plugin whose execute_stage
+    // only writes "keep all" and returns (the floor of any stage call).
+    let mut bare = runtime
+        .load(
+            &wat::parse_str(BARE_PLUGIN).unwrap(),
+            "bare",
+            &PluginSettings::new(),
+        )
+        .expect("bare plugin loads");
+    group.bench_function("empty_stage_call_bare_plugin", |b| {
+        b.iter(|| {
+            bare.execute_stage(Stage::Filtering, black_box(&empty))
+                .map(|out| out.len())
+                .unwrap()
+        })
+    });
+    println!(
+        "empty stage call: {} fuel in the guest (bare plugin)",
+        bare.stats().last_call_fuel
     );
     group.bench_function("check_memory_pressure", |b| {
         b.iter(|| {

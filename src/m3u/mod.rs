@@ -23,7 +23,7 @@ mod reader;
 mod writer;
 
 pub use reader::M3uReader;
-pub use writer::M3uWriter;
+pub use writer::{FormattedBatch, M3uWriter};
 
 use crate::OwnedChannel;
 

@@ -84,64 +84,30 @@ impl<W: Write> M3uWriter<W> {
     /// characters that are replaced). A channel without a usable
     /// `stream_url` is skipped and counted, not an error.
     pub fn write_channel(&mut self, channel: &Channel<'_>) -> Result<()> {
-        let url = channel.stream_url.trim();
-        if url.is_empty() || url.starts_with('#') {
-            self.skipped += 1;
-            if self.skipped <= MAX_WARNINGS {
-                log::warn!(
-                    "m3u output: channel {} ({:?}) has no usable stream URL; not written",
-                    channel.id,
-                    channel.channel_name
-                );
-            }
-            return Ok(());
-        }
-        let out = &mut self.out;
-        out.write_all(b"#EXTINF:")?;
-        let duration = channel.duration.as_ref();
-        if duration.is_empty()
-            || duration
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || matches!(b, b',' | b'=' | b'"'))
-        {
-            out.write_all(b"-1")?;
+        if format_channel(&mut self.out, channel)? {
+            self.written += 1;
         } else {
-            out.write_all(duration.as_bytes())?;
+            self.note_unwritable(channel.id, &channel.channel_name);
         }
-        for (name, value) in [
-            ("tvg-id", &channel.tvg_id),
-            ("tvg-name", &channel.tvg_name),
-            ("tvg-chno", &channel.tvg_chno),
-            ("tvg-logo", &channel.tvg_logo),
-            ("tvg-shift", &channel.tvg_shift),
-            ("group-title", &channel.group_title),
-        ] {
-            if !value.is_empty() {
-                write_attribute(out, name, value)?;
-            }
-        }
-        for attribute in &channel.attributes {
-            write_attribute(out, &attribute.name, &attribute.value)?;
-        }
-        out.write_all(b",")?;
-        write_text(out, &channel.channel_name)?;
-        out.write_all(b"\n")?;
-        for extra in &channel.extras {
-            let extra = extra.trim();
-            if extra.is_empty() || is_directive(extra, "#EXTINF") || is_directive(extra, "#EXTM3U")
-            {
-                continue;
-            }
-            if !extra.starts_with('#') {
-                out.write_all(b"#")?;
-            }
-            write_text(out, extra)?;
-            out.write_all(b"\n")?;
-        }
-        write_text(out, url)?;
-        out.write_all(b"\n")?;
-        self.written += 1;
         Ok(())
+    }
+
+    /// Appends a batch formatted elsewhere (on a worker thread): the same
+    /// bytes, counts and warnings as writing its channels one by one.
+    pub fn write_formatted(&mut self, batch: &FormattedBatch) -> Result<()> {
+        self.out.write_all(&batch.text)?;
+        self.written += batch.written;
+        for (id, name) in &batch.unwritable {
+            self.note_unwritable(*id, name);
+        }
+        Ok(())
+    }
+
+    fn note_unwritable(&mut self, id: u64, name: &str) {
+        self.skipped += 1;
+        if self.skipped <= MAX_WARNINGS {
+            log::warn!("m3u output: channel {id} ({name:?}) has no usable stream URL; not written");
+        }
     }
 
     /// Channels written so far.
@@ -163,6 +129,92 @@ impl<W: Write> M3uWriter<W> {
         writer.flush()?;
         Ok(writer)
     }
+}
+
+/// A batch turned into M3U text off the writer's thread, for
+/// [`M3uWriter::write_formatted`].
+#[derive(Debug, Default)]
+pub struct FormattedBatch {
+    text: Vec<u8>,
+    written: u64,
+    /// Channels with no usable stream URL: (id, name), for the warnings.
+    unwritable: Vec<(u64, String)>,
+}
+
+impl FormattedBatch {
+    /// Formats `batch` as [`M3uWriter::write_channel`] would, one channel
+    /// after another.
+    pub fn format(batch: &[Channel<'_>]) -> Self {
+        let mut formatted = FormattedBatch::default();
+        for channel in batch {
+            // Writing into a Vec cannot fail.
+            if format_channel(&mut formatted.text, channel).unwrap_or(false) {
+                formatted.written += 1;
+            } else {
+                formatted
+                    .unwritable
+                    .push((channel.id, channel.channel_name.to_string()));
+            }
+        }
+        formatted
+    }
+
+    /// Channels of the batch, written or not.
+    pub fn channels(&self) -> u64 {
+        self.written + self.unwritable.len() as u64
+    }
+}
+
+/// Appends `channel` as M3U text (see the module docs), or nothing and
+/// `false` if it has no usable stream URL.
+fn format_channel(out: &mut impl Write, channel: &Channel<'_>) -> std::io::Result<bool> {
+    let url = channel.stream_url.trim();
+    if url.is_empty() || url.starts_with('#') {
+        return Ok(false);
+    }
+    out.write_all(b"#EXTINF:")?;
+    let duration = channel.duration.as_ref();
+    if duration.is_empty()
+        || duration
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || matches!(b, b',' | b'=' | b'"'))
+    {
+        out.write_all(b"-1")?;
+    } else {
+        out.write_all(duration.as_bytes())?;
+    }
+    for (name, value) in [
+        ("tvg-id", &channel.tvg_id),
+        ("tvg-name", &channel.tvg_name),
+        ("tvg-chno", &channel.tvg_chno),
+        ("tvg-logo", &channel.tvg_logo),
+        ("tvg-shift", &channel.tvg_shift),
+        ("group-title", &channel.group_title),
+    ] {
+        if !value.is_empty() {
+            write_attribute(out, name, value)?;
+        }
+    }
+    for attribute in &channel.attributes {
+        write_attribute(out, &attribute.name, &attribute.value)?;
+    }
+    out.write_all(b",")?;
+    write_text(out, &channel.channel_name)?;
+    out.write_all(b"\n")?;
+    for extra in &channel.extras {
+        let extra = extra.trim();
+        if extra.is_empty() || is_directive(extra, "#EXTINF") || is_directive(extra, "#EXTM3U") {
+            continue;
+        }
+        if !extra.starts_with('#') {
+            out.write_all(b"#")?;
+        }
+        write_text(out, extra)?;
+        out.write_all(b"\n")?;
+    }
+    write_text(out, url)?;
+    out.write_all(b"\n")?;
+    Ok(true)
 }
 
 /// ` name="value"`, with the replacements of the module docs.
@@ -319,6 +371,25 @@ mod tests {
         assert_eq!((writer.written(), writer.skipped()), (1, 3));
         let text = String::from_utf8(writer.finish().unwrap()).unwrap();
         assert_eq!(text, "#EXTM3U\n#EXTINF:-1,\nhttp://ok\n");
+    }
+
+    #[test]
+    fn a_formatted_batch_writes_what_its_channels_would() {
+        let file = std::fs::read_to_string(FIXTURE).unwrap();
+        let (header, mut channels, _) = read_all(&file, 1);
+        channels[3].stream_url = Cow::Borrowed("  ");
+        channels[700].stream_url = Cow::Borrowed("#x");
+        let one_by_one = write_all(&header, &channels);
+        let mut writer = M3uWriter::new(Vec::new(), &header).unwrap();
+        for batch in channels.chunks(1000) {
+            writer
+                .write_formatted(&FormattedBatch::format(batch))
+                .unwrap();
+        }
+        let counts = (writer.written(), writer.skipped());
+        assert_eq!(counts, (channels.len() as u64 - 2, 2));
+        let formatted = String::from_utf8(writer.finish().unwrap()).unwrap();
+        assert!(formatted == one_by_one, "formatted batches differ");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use super::Pipeline;
-use crate::m3u::{M3uReader, M3uWriter, PlaylistHeader};
+use crate::m3u::{FormattedBatch, M3uReader, M3uWriter, PlaylistHeader};
 use crate::{Error, OwnedChannel, Result};
 
 /// One playlist input.
@@ -75,6 +75,22 @@ pub trait ChannelSink {
     /// # Errors
     /// Output errors.
     fn write_batch(&mut self, batch: &[OwnedChannel]) -> Result<()>;
+    /// True if the sink writes M3U text and takes batches already
+    /// formatted ([`ChannelSink::write_formatted`]), so the pipeline's
+    /// workers can format them.
+    fn takes_formatted(&self) -> bool {
+        false
+    }
+    /// A finished batch, in output order, formatted by
+    /// [`FormattedBatch::format`]. Called only if `takes_formatted`.
+    ///
+    /// # Errors
+    /// Output errors.
+    fn write_formatted(&mut self, _batch: &FormattedBatch) -> Result<()> {
+        Err(Error::config(
+            "internal error: this sink takes channels, not formatted text",
+        ))
+    }
     /// Called once at the end.
     ///
     /// # Errors
@@ -98,6 +114,14 @@ impl<W: Write> M3uSink<W> {
     }
 }
 
+impl<W: Write> M3uSink<W> {
+    fn begun(&mut self) -> Result<&mut M3uWriter<W>> {
+        self.writer
+            .as_mut()
+            .ok_or_else(|| Error::config("m3u sink used before begin()"))
+    }
+}
+
 impl<W: Write> ChannelSink for M3uSink<W> {
     fn begin(&mut self, header: &PlaylistHeader) -> Result<()> {
         if let Some(out) = self.out.take() {
@@ -107,13 +131,18 @@ impl<W: Write> ChannelSink for M3uSink<W> {
     }
 
     fn write_batch(&mut self, batch: &[OwnedChannel]) -> Result<()> {
-        let writer = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| Error::config("m3u sink used before begin()"))?;
+        let writer = self.begun()?;
         batch
             .iter()
             .try_for_each(|channel| writer.write_channel(channel))
+    }
+
+    fn takes_formatted(&self) -> bool {
+        true
+    }
+
+    fn write_formatted(&mut self, batch: &FormattedBatch) -> Result<()> {
+        self.begun()?.write_formatted(batch)
     }
 
     fn finish(&mut self) -> Result<()> {

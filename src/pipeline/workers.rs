@@ -21,6 +21,9 @@
 //!   calls could add stay within `max_plugin_failures` (else the pipeline waits for those
 //!   batches first). So a worker never needs a health it cannot know.
 //! - At most `2 × workers` batches are between reading and the sink.
+//! - When the last group runs on the workers and the sink writes M3U, the
+//!   worker also formats the batch (`FormattedBatch`): the pipeline's
+//!   thread, which reads, numbers and takes every turn, only copies text.
 
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -36,6 +39,7 @@ use super::registry::aborted_mid_call;
 use super::run::{note_failure, BatchReader, RunState, StageTally};
 use super::strategy::{Candidate, StagePlan};
 use super::{ChannelSink, PerStage, Pipeline};
+use crate::m3u::FormattedBatch;
 use crate::native::NativeRules;
 use crate::runtime::{CallStats, CompiledPlugin, PluginInstance, PluginRuntime, PluginSettings};
 use crate::{Error, OwnedChannel, Result};
@@ -195,6 +199,7 @@ impl Pipeline {
                 tickets: FewByKey::default(),
                 results: FewByKey::default(),
                 cursor: 0,
+                format_last: sink.takes_formatted(),
                 next_seq: 0,
                 stats: Vec::new(),
             };
@@ -254,6 +259,11 @@ impl Pipeline {
             rules: self.rules.clone(),
             plugins: specs,
             stages,
+            groups: flow
+                .groups
+                .iter()
+                .map(|group| group.stages.clone())
+                .collect(),
             fallbacks: FallbackSettings::from_config(&self.config),
             run_context: RunContext {
                 memory_pressure: run.context.memory_pressure,
@@ -276,6 +286,8 @@ struct WorkerShared {
     plugins: Vec<Option<WorkerPlugin>>,
     /// The candidates of each parallel stage.
     stages: PerStage<Vec<Candidate>>,
+    /// The stages of each group, by group index.
+    groups: Vec<Vec<Stage>>,
     fallbacks: FallbackSettings,
     run_context: RunContext<'static>,
     context: StageContext<'static>,
@@ -286,14 +298,15 @@ struct WorkerPlugin {
     name: String,
 }
 
-/// A batch for a worker: run `stages` on it.
+/// A batch for a worker: run the stages of `group` on it.
 struct Job {
     seq: u64,
     group: usize,
     index: u32,
     level: MemoryPressureLevel,
-    stages: Vec<Stage>,
     batch: Vec<OwnedChannel>,
+    /// The last group: format the result as M3U text for the sink.
+    format: bool,
     /// Each plugin's (failures so far, circuit open) when the job was sent.
     health: Vec<(u32, bool)>,
 }
@@ -388,7 +401,9 @@ impl JobQueue {
 }
 
 struct JobResult {
+    /// The batch, or nothing if it was formatted.
     batch: Vec<OwnedChannel>,
+    formatted: Option<FormattedBatch>,
     tallies: Vec<(Stage, super::candidates::StageOutcome, u64, u64, Duration)>,
     events: Vec<HealthEvent>,
     /// Where the job stopped early: the stage the pipeline's thread runs
@@ -535,7 +550,8 @@ impl<'s> Worker<'s> {
     fn run(&mut self, job: Job) -> JobResult {
         let shared = self.shared;
         let mut batch = job.batch;
-        let mut tallies = Vec::with_capacity(job.stages.len());
+        let stages = &shared.groups[job.group];
+        let mut tallies = Vec::with_capacity(stages.len());
         let mut calls = WorkerCalls {
             shared,
             instances: &mut self.instances,
@@ -548,7 +564,7 @@ impl<'s> Worker<'s> {
         context.batch_index = job.index;
         context.memory_pressure = job.level;
         let mut stopped = None;
-        for stage in job.stages {
+        for &stage in stages {
             context.stage = stage;
             let started = Instant::now();
             let channels_in = batch.len() as u64;
@@ -582,8 +598,16 @@ impl<'s> Worker<'s> {
                 }
             }
         }
+        // The sink's formatting, here rather than on the pipeline's thread
+        // (and the batch freed here too).
+        let formatted = (job.format && stopped.is_none()).then(|| {
+            let formatted = FormattedBatch::format(&batch);
+            batch = Vec::new();
+            formatted
+        });
         JobResult {
             batch,
+            formatted,
             tallies,
             events: calls.events,
             stopped,
@@ -610,6 +634,9 @@ enum Ticket {
         index: u32,
         level: MemoryPressureLevel,
         batch: Vec<OwnedChannel>,
+        /// The batch as M3U text, once a worker formatted it (then `batch`
+        /// is empty and every group done).
+        formatted: Option<FormattedBatch>,
     },
     /// With a worker, running `group`.
     Sent {
@@ -633,6 +660,8 @@ struct Driver<'f, 's> {
     results: FewByKey<(u64, usize), JobResult>,
     /// The batch whose turn it is.
     cursor: u64,
+    /// The sink takes M3U text: the last group's workers format it.
+    format_last: bool,
     next_seq: u64,
     stats: Vec<Vec<(usize, CallStats)>>,
 }
@@ -664,6 +693,7 @@ impl Driver<'_, '_> {
                     index,
                     level,
                     batch,
+                    formatted: None,
                 };
                 self.tickets.insert(seq, ticket);
                 if self.flow.groups[0].parallel {
@@ -739,6 +769,7 @@ impl Driver<'_, '_> {
             index,
             level,
             batch,
+            ..
         }) = self.tickets.remove(&seq)
         else {
             return Ok(());
@@ -753,8 +784,8 @@ impl Driver<'_, '_> {
             group,
             index,
             level,
-            stages: self.flow.groups[group].stages.clone(),
             batch,
+            format: self.format_last && group + 1 == self.flow.groups.len(),
             health,
         };
         self.tickets.insert(
@@ -782,17 +813,24 @@ impl Driver<'_, '_> {
             let Some(ticket) = self.tickets.remove(&seq) else {
                 return Ok(());
             };
-            let (group, index, level, batch) = match ticket {
+            let (group, index, level, batch, formatted) = match ticket {
                 Ticket::Waiting {
                     group,
-                    index,
-                    level,
                     batch,
+                    formatted,
+                    ..
                 } if !self.groups_left(group) => {
                     // Every group done: to the sink.
-                    run.stats.channels_written += batch.len() as u64;
-                    sink.write_batch(&batch)?;
-                    let _ = (index, level);
+                    match formatted {
+                        Some(text) => {
+                            run.stats.channels_written += text.channels();
+                            sink.write_formatted(&text)?;
+                        }
+                        None => {
+                            run.stats.channels_written += batch.len() as u64;
+                            sink.write_batch(&batch)?;
+                        }
+                    }
                     self.cursor += 1;
                     continue;
                 }
@@ -801,6 +839,7 @@ impl Driver<'_, '_> {
                     index,
                     level,
                     batch,
+                    ..
                 } if !self.flow.groups[group].parallel => {
                     let mut batch = batch;
                     run.context.batch_index = index;
@@ -808,7 +847,7 @@ impl Driver<'_, '_> {
                     for &stage in &self.flow.groups[group].stages {
                         pipeline.run_stage(run, stage, &mut batch)?;
                     }
-                    (group + 1, index, level, batch)
+                    (group + 1, index, level, batch, None)
                 }
                 waiting @ Ticket::Waiting { .. } => {
                     // Its turn came before it was sent (a later group).
@@ -834,8 +873,8 @@ impl Driver<'_, '_> {
                     };
                     run.context.batch_index = index;
                     run.context.memory_pressure = level;
-                    let batch = self.commit(pipeline, run, group, result)?;
-                    (group + 1, index, level, batch)
+                    let (batch, formatted) = self.commit(pipeline, run, group, result)?;
+                    (group + 1, index, level, batch, formatted)
                 }
             };
             self.tickets.insert(
@@ -845,6 +884,7 @@ impl Driver<'_, '_> {
                     index,
                     level,
                     batch,
+                    formatted,
                 },
             );
             if self.groups_left(group) && self.flow.groups[group].parallel {
@@ -866,7 +906,7 @@ impl Driver<'_, '_> {
         run: &mut RunState,
         group: usize,
         result: JobResult,
-    ) -> Result<Vec<OwnedChannel>> {
+    ) -> Result<(Vec<OwnedChannel>, Option<FormattedBatch>)> {
         let max = self.flow.max_failures;
         for event in &result.events {
             match event {
@@ -908,7 +948,7 @@ impl Driver<'_, '_> {
         }
         let mut batch = result.batch;
         match result.stopped {
-            None => {}
+            None => return Ok((batch, result.formatted)),
             Some(Stopped::Error(error)) => return Err(error),
             Some(Stopped::Unavailable(from)) => {
                 for &stage in self.flow.groups[group]
@@ -920,7 +960,7 @@ impl Driver<'_, '_> {
                 }
             }
         }
-        Ok(batch)
+        Ok((batch, None))
     }
 }
 

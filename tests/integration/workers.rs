@@ -6,18 +6,14 @@ use std::path::Path;
 
 use m3u_plugin_host::abi::MemoryPressureLevel;
 use m3u_plugin_host::config::Config;
-use m3u_plugin_host::pipeline::{Pipeline, RunStats, Source};
+use m3u_plugin_host::pipeline::{M3uSink, Pipeline, RunStats, Source};
 use m3u_plugin_host::OwnedChannel;
 
 use super::pipeline::plugin_dir;
 
 const PLAYLIST: &str = include_str!("../fixtures/m3u/iptv-org-index-2021.m3u");
 
-fn run_with(
-    workers: usize,
-    dir: &Path,
-    extra: &str,
-) -> m3u_plugin_host::Result<(Vec<OwnedChannel>, RunStats)> {
+fn pipeline_with(workers: usize, dir: &Path, extra: &str) -> Pipeline {
     let text = format!(
         "[proxy_generation.wasm_plugins]\nplugin_directory = {:?}\n\
          [pipeline]\nworkers = {workers}\nbatch_size = 64\n{extra}",
@@ -26,8 +22,29 @@ fn run_with(
     let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let mut pipeline = Pipeline::new(config).unwrap();
     pipeline.force_memory_pressure(Some(MemoryPressureLevel::Optimal));
-    let source = Source::from_reader("real", std::io::Cursor::new(PLAYLIST.as_bytes().to_vec()));
-    pipeline.run_collect(vec![source])
+    pipeline
+}
+
+fn real_source() -> Source {
+    Source::from_reader("real", std::io::Cursor::new(PLAYLIST.as_bytes().to_vec()))
+}
+
+fn run_with(
+    workers: usize,
+    dir: &Path,
+    extra: &str,
+) -> m3u_plugin_host::Result<(Vec<OwnedChannel>, RunStats)> {
+    pipeline_with(workers, dir, extra).run_collect(vec![real_source()])
+}
+
+/// The run written as M3U (with workers, the last group's worker formats
+/// each batch for this sink).
+fn m3u_with(workers: usize, dir: &Path, extra: &str) -> (String, u64) {
+    let mut text = Vec::new();
+    let stats = pipeline_with(workers, dir, extra)
+        .run(vec![real_source()], &mut M3uSink::new(&mut text))
+        .unwrap();
+    (String::from_utf8(text).unwrap(), stats.channels_written)
 }
 
 /// Every counter a run reports that does not depend on timing or on how
@@ -71,7 +88,13 @@ fn counters(stats: &RunStats) -> String {
 
 fn assert_same_as_one_thread(dir: &Path, extra: &str) -> RunStats {
     let (single, single_stats) = run_with(1, dir, extra).unwrap();
+    let single_text = m3u_with(1, dir, extra);
     for workers in [2, 3] {
+        let pooled_text = m3u_with(workers, dir, extra);
+        assert!(
+            single_text == pooled_text,
+            "workers = {workers}: the same M3U text and count\n{extra}"
+        );
         let (pooled, pooled_stats) = run_with(workers, dir, extra).unwrap();
         assert!(
             single == pooled,
