@@ -209,10 +209,17 @@ impl Error {
     }
 
     /// True for failures that are the plugin's fault (the batch falls back).
+    /// The load kinds count too: a module that loaded once can still fail
+    /// them mid-run (an instance made again after a trap, or on a worker).
     pub fn is_plugin_failure(&self) -> bool {
         matches!(
             *self.kind,
-            ErrorKind::OutOfFuel { .. }
+            ErrorKind::DisallowedImport { .. }
+                | ErrorKind::AbiVersionMismatch { .. }
+                | ErrorKind::MissingExport { .. }
+                | ErrorKind::InvalidModule(_)
+                | ErrorKind::Signature { .. }
+                | ErrorKind::OutOfFuel { .. }
                 | ErrorKind::Timeout { .. }
                 | ErrorKind::MemoryLimit { .. }
                 | ErrorKind::Trap { .. }
@@ -306,8 +313,8 @@ impl fmt::Display for Error {
             }
             ErrorKind::OutOfFuel { budget } => write!(
                 f,
-                "plugin ran out of fuel (budget {budget} per call): it loops or does too much \
-                 work per batch; raise `fuel_per_call` only if the plugin is trusted"
+                "plugin ran out of fuel (budget {budget}): it loops or does too much work per \
+                 batch; raise `fuel_per_call` only if the plugin is trusted"
             ),
             ErrorKind::Timeout { limit_ms } => {
                 write!(

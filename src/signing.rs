@@ -275,7 +275,7 @@ enum SigFileError {
 /// The signature file's text, `None` if there is none.
 fn read_signature_file(sig_path: &Path) -> Result<Option<String>, SigFileError> {
     // Never more than one byte past the limit, whatever the file's size.
-    let read = fs::File::open(sig_path).and_then(|file| {
+    let read = crate::watch::open_regular_file(sig_path).and_then(|file| {
         let mut bytes = Vec::new();
         file.take(MAX_SIGNATURE_FILE_LEN + 1)
             .read_to_end(&mut bytes)

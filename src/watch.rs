@@ -136,6 +136,35 @@ pub fn describe_change(before: &Stamps, after: &Stamps) -> String {
     changes.join(", ")
 }
 
+/// `O_NONBLOCK` on Linux (every architecture this crate builds for): an
+/// `open` that would wait (a FIFO with no writer) returns at once.
+#[cfg(target_os = "linux")]
+const OPEN_NONBLOCKING: i32 = 0o4000;
+
+/// Opens `path` for reading only if it is a regular file (or a link to
+/// one): a FIFO, socket or device in a watched directory would block or
+/// never end. The file is opened without blocking and checked again after
+/// opening, so a path swapped in between cannot block either.
+///
+/// # Errors
+/// The path cannot be opened, or it is not a regular file (`InvalidInput`,
+/// saying so).
+pub fn open_regular_file(path: &Path) -> io::Result<std::fs::File> {
+    let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(target_os = "linux")]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, OPEN_NONBLOCKING);
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

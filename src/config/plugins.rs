@@ -37,9 +37,14 @@ pub struct WasmPlugins {
     /// Watch the plugin directory in long-running mode (`serve`).
     #[serde(default = "yes")]
     pub enable_hot_reload: bool,
-    /// Fuel (≈ Wasm instructions) per plugin call.
+    /// Fuel (≈ Wasm instructions) per plugin call; the calls one batch is
+    /// split into share it.
     #[serde(default = "default_fuel")]
     pub fuel_per_call: u64,
+    /// Fuel a run may use per channel it hands a plugin, on top of one
+    /// `fuel_per_call` (the per-run budget).
+    #[serde(default = "default_fuel_per_channel")]
+    pub fuel_per_channel: u64,
     /// Deepest Wasm call stack.
     #[serde(default = "default_recursion")]
     pub max_recursion_depth: usize,
@@ -66,6 +71,7 @@ impl Default for WasmPlugins {
             timeout_seconds: default_timeout(),
             enable_hot_reload: true,
             fuel_per_call: default_fuel(),
+            fuel_per_channel: default_fuel_per_channel(),
             max_recursion_depth: default_recursion(),
             fuel_metering: true,
             security: Security::default(),
@@ -81,6 +87,7 @@ impl WasmPlugins {
         let defaults = crate::runtime::RuntimeLimits::default();
         crate::runtime::RuntimeLimits {
             fuel_per_call: self.fuel_per_call,
+            fuel_per_channel: self.fuel_per_channel,
             timeout: Duration::from_secs(self.timeout_seconds),
             max_memory_bytes: self.max_memory_per_plugin,
             max_recursion_depth: self.max_recursion_depth,
@@ -105,6 +112,9 @@ fn default_timeout() -> u64 {
 }
 fn default_fuel() -> u64 {
     crate::runtime::RuntimeLimits::default().fuel_per_call
+}
+fn default_fuel_per_channel() -> u64 {
+    crate::runtime::RuntimeLimits::default().fuel_per_channel
 }
 fn default_recursion() -> usize {
     crate::runtime::RuntimeLimits::default().max_recursion_depth

@@ -50,6 +50,9 @@ pub struct PluginSlot {
     pub(crate) compiled: Option<crate::runtime::CompiledPlugin>,
     /// Counters of instances this slot has replaced.
     retired: crate::runtime::CallStats,
+    /// The instance's last call was aborted while the circuit opened: it
+    /// is made again when the circuit closes.
+    pub(crate) needs_respawn: bool,
     /// The current run's start (pressure and context), replayed to an
     /// instance that replaces a failed one mid-run.
     run: Option<(MemoryPressureLevel, RunContext<'static>)>,
@@ -71,6 +74,7 @@ impl PluginSlot {
             stamp: super::FileStamp::default(),
             compiled: None,
             retired: crate::runtime::CallStats::default(),
+            needs_respawn: false,
             run: None,
         }
     }
@@ -154,6 +158,7 @@ impl PluginSlot {
             base_url: context.base_url.clone().into_owned().into(),
         };
         self.run = Some((level, owned));
+        self.instance.begin_run();
         self.instance.accepts_pressure(level, context)
     }
 
@@ -165,6 +170,7 @@ impl PluginSlot {
     /// the caller switches the plugin off).
     pub(crate) fn replace_instance(&mut self, instance: PluginInstance) -> Result<()> {
         let old = std::mem::replace(&mut self.instance, instance);
+        self.instance.continue_run(old.run_usage());
         self.absorb_stats(old.stats());
         if let Some((level, context)) = &self.run {
             self.instance.accepts_pressure(*level, context)?;
@@ -185,12 +191,21 @@ impl PluginSlot {
             Some(compiled) => runtime.instantiate(compiled, &stem, settings),
             None => return,
         };
+        self.needs_respawn = false;
         if let Err(error) = fresh.and_then(|instance| self.replace_instance(instance)) {
             log::warn!("plugin `{stem}` could not be re-instantiated, switching it off: {error}");
             self.disabled = true;
             self.disabled_since = Some(std::time::Instant::now());
             self.last_error = Some(error.to_string());
         }
+    }
+
+    /// True while the instance awaits being made again: its last call was
+    /// aborted as its circuit opened, and it is made again only when the
+    /// circuit closes (so a switched-off plugin's `init` does not run for
+    /// nothing).
+    pub fn needs_respawn(&self) -> bool {
+        self.needs_respawn
     }
 
     /// The plugin's name.
@@ -224,11 +239,25 @@ impl PluginSlot {
 }
 
 /// Runs `stage` of the plugin `instance` on `batch` in place (the slot's own
-/// instance, or a worker's copy). On error the batch is unchanged.
+/// instance, or a worker's copy). On error the batch is unchanged. However
+/// many calls the batch takes, they share one batch's limits.
 ///
 /// # Errors
 /// Any plugin failure or malformed answer.
 pub(crate) fn run_on_instance(
+    instance: &mut PluginInstance,
+    stage: Stage,
+    context: &StageContext<'_>,
+    batch: &mut Vec<OwnedChannel>,
+) -> Result<()> {
+    instance.begin_batch(batch.len());
+    let result = run_calls(instance, stage, context, batch);
+    instance.end_batch();
+    result
+}
+
+/// [`run_on_instance`] inside the open batch.
+fn run_calls(
     instance: &mut PluginInstance,
     stage: Stage,
     context: &StageContext<'_>,
@@ -289,8 +318,8 @@ fn run_split(
     let original = batch.clone();
     let mut second = batch.split_off(batch.len() / 2);
     let mut first = std::mem::take(batch);
-    let result = run_on_instance(instance, stage, context, &mut first)
-        .and_then(|()| run_on_instance(instance, stage, context, &mut second));
+    let result = run_calls(instance, stage, context, &mut first)
+        .and_then(|()| run_calls(instance, stage, context, &mut second));
     *batch = match result {
         Ok(()) => {
             first.append(&mut second);

@@ -220,7 +220,7 @@ fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
 /// it: a larger file is refused from its size (a file that grows meanwhile
 /// is still cut there, and refused by `PluginRuntime::compile`).
 fn read_module(path: &Path, limit: usize) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|error| Error::io(path, error))?;
+    let file = crate::watch::open_regular_file(path).map_err(|error| Error::io(path, error))?;
     let size = file
         .metadata()
         .map_err(|error| Error::io(path, error))?

@@ -573,7 +573,11 @@ impl PluginCalls for PipelineCalls<'_> {
             self.max_failures,
         );
         if aborted_mid_call(error) {
-            if let Some(runtime) = self.runtime {
+            // A plugin just switched off is made again only when its
+            // circuit closes (its init would otherwise run for nothing).
+            if slot.disabled {
+                slot.needs_respawn = true;
+            } else if let Some(runtime) = self.runtime {
                 slot.respawn(runtime, &self.config.plugin_settings());
             }
         }

@@ -65,6 +65,9 @@ pub struct PluginStats {
     pub last_error: Option<String>,
     /// Time inside the plugin, in microseconds.
     pub time_us: u64,
+    /// Log lines the plugin wrote past its per-call, per-batch or per-run
+    /// allowance: dropped, and counted here.
+    pub log_lines_dropped: u64,
 }
 
 impl PluginStats {
@@ -90,6 +93,7 @@ impl PluginStats {
             disabled: slot.disabled,
             last_error: slot.last_error.clone(),
             time_us: u64::try_from(stats.time.as_micros()).unwrap_or(u64::MAX),
+            log_lines_dropped: stats.log_lines_dropped,
         }
     }
 
@@ -101,6 +105,9 @@ impl PluginStats {
         self.bytes_in = self.bytes_in.saturating_sub(before.bytes_in);
         self.bytes_out = self.bytes_out.saturating_sub(before.bytes_out);
         self.time_us = self.time_us.saturating_sub(before.time_us);
+        self.log_lines_dropped = self
+            .log_lines_dropped
+            .saturating_sub(before.log_lines_dropped);
         self
     }
 
@@ -131,7 +138,9 @@ pub struct RunStats {
     pub stages: Vec<StageStats>,
     /// Per plugin.
     pub plugins: Vec<PluginStats>,
-    /// Plugin calls on batches.
+    /// Batch attempts handed to plugins (one per plugin and batch it was
+    /// tried on; a batch split into several export calls is one attempt,
+    /// `PluginStats::calls` counts the export calls).
     pub plugin_calls: u64,
     /// Fuel used by all plugins.
     pub fuel_consumed: u64,
@@ -216,13 +225,17 @@ impl RunStats {
         }
         let _ = writeln!(
             out,
-            "plugins: {} calls, {} fuel, {} failures, {} fallbacks",
+            "plugins: {} batch attempts, {} fuel, {} failures, {} fallbacks",
             self.plugin_calls, self.fuel_consumed, self.plugin_failures, self.fallbacks
         );
         for plugin in &self.plugins {
+            let dropped = match plugin.log_lines_dropped {
+                0 => String::new(),
+                lines => format!(", {lines} log lines dropped"),
+            };
             let _ = writeln!(
                 out,
-                "  {} {}: {} calls, {} fuel, {} failures{}{}",
+                "  {} {}: {} export calls, {} fuel, {} failures{dropped}{}{}",
                 plugin.name,
                 plugin.version,
                 plugin.calls,

@@ -504,6 +504,11 @@ impl Pipeline {
         let slot = &mut self.plugins[index];
         if slot.maybe_close_circuit(back_off) {
             log::info!("plugin `{name}`: back-off over, trying it again");
+            if slot.needs_respawn {
+                if let Some(runtime) = &self.runtime {
+                    slot.respawn(runtime, &self.config.plugin_settings());
+                }
+            }
         }
         if slot.disabled {
             return Err(format!(

@@ -41,8 +41,10 @@ use super::strategy::{Candidate, StagePlan};
 use super::{ChannelSink, PerStage, Pipeline};
 use crate::m3u::FormattedBatch;
 use crate::native::NativeRules;
-use crate::runtime::{CallStats, CompiledPlugin, PluginInstance, PluginRuntime, PluginSettings};
-use crate::{Error, OwnedChannel, Result};
+use crate::runtime::{
+    CallStats, CompiledPlugin, PluginInstance, PluginRuntime, PluginSettings, RunUsage,
+};
+use crate::{Error, ErrorKind, OwnedChannel, Result};
 
 /// Stack of a worker thread: like the CLI's pipeline thread, so fuel slices
 /// stay long (see `runtime::stack_safe_fuel_slice`). Only touched pages
@@ -446,12 +448,16 @@ struct WorkerCalls<'w> {
     unavailable: bool,
     /// Counters of instances replaced after an aborted call.
     retired: &'w mut Vec<(usize, CallStats)>,
+    /// What replaced instances had used of the run's allowances, handed to
+    /// the instance made in their place.
+    run_usage: &'w mut Vec<RunUsage>,
 }
 
 impl WorkerCalls<'_> {
     fn instance(&mut self, index: usize) -> Result<&mut PluginInstance> {
         if self.instances[index].is_none() {
-            let fresh = self.fresh_instance(index)?;
+            let mut fresh = self.fresh_instance(index)?;
+            fresh.continue_run(self.run_usage[index]);
             self.instances[index] = Some(fresh);
         }
         Ok(self.instances[index].as_mut().expect("just made"))
@@ -468,10 +474,15 @@ impl WorkerCalls<'_> {
         let level = shared.run_context.memory_pressure;
         match instance.accepts_pressure(level, &shared.run_context)? {
             true => Ok(instance),
-            false => Err(Error::config(format!(
-                "a worker's instance of `{}` declined the run",
-                plugin.name
-            ))),
+            false => Err(ErrorKind::PluginStatus {
+                function: m3u_proxy_plugin_abi::exports::CHECK_MEMORY_PRESSURE,
+                status: 0,
+                message: Some(format!(
+                    "a worker's instance of `{}` declined the run",
+                    plugin.name
+                )),
+            }
+            .into()),
         }
     }
 }
@@ -523,6 +534,7 @@ impl PluginCalls for WorkerCalls<'_> {
             // Made again before its next call (on this worker).
             if let Some(old) = self.instances[index].take() {
                 self.retired.push((index, old.stats().clone()));
+                self.run_usage[index] = old.run_usage();
             }
         }
     }
@@ -533,6 +545,7 @@ struct Worker<'s> {
     shared: &'s WorkerShared,
     instances: Vec<Option<PluginInstance>>,
     retired: Vec<(usize, CallStats)>,
+    run_usage: Vec<RunUsage>,
     context: StageContext<'static>,
 }
 
@@ -542,6 +555,7 @@ impl<'s> Worker<'s> {
             shared,
             instances: (0..shared.plugins.len()).map(|_| None).collect(),
             retired: Vec::new(),
+            run_usage: vec![RunUsage::default(); shared.plugins.len()],
             context: shared.context.clone(),
         }
     }
@@ -559,6 +573,7 @@ impl<'s> Worker<'s> {
             events: Vec::new(),
             unavailable: false,
             retired: &mut self.retired,
+            run_usage: &mut self.run_usage,
         };
         let context = &mut self.context;
         context.batch_index = job.index;

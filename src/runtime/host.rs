@@ -21,8 +21,14 @@ pub const HOST_CALL_BASE_FUEL: u64 = 20;
 pub const HOST_BYTES_PER_FUEL: u64 = 8;
 /// Longest log line kept; the rest is cut.
 pub const MAX_LOG_LINE_BYTES: usize = 1024;
-/// Log lines accepted per plugin call; later ones are counted and dropped.
+/// Log lines accepted per plugin call (for a stage call: per batch, shared by
+/// every call the batch is split into); later ones are counted and dropped.
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
+/// Log lines accepted from one plugin instance per run.
+pub const MAX_LOG_LINES_PER_RUN: u32 = 256;
+/// Log bytes (plugin name prefix included) accepted from one plugin
+/// instance per run.
+pub const MAX_LOG_BYTES_PER_RUN: usize = 256 << 10;
 
 /// Trap raised by a host function. It becomes an [`crate::ErrorKind`] when
 /// the call returns.
@@ -120,8 +126,17 @@ pub(crate) struct HostState {
     /// False when the engine runs without fuel (benchmarks only).
     pub(crate) fuel_metering: bool,
     pub(crate) config: BTreeMap<String, String>,
+    /// Log lines of the current call, or of the current batch while one is
+    /// open (`begin_batch`).
     pub(crate) log_lines_this_call: u32,
     pub(crate) log_lines_dropped: u64,
+    /// Log lines and bytes of the current run (`begin_run`).
+    pub(crate) run_log_lines: u32,
+    pub(crate) run_log_bytes: usize,
+    /// Output pushed during the current batch (or call, outside a batch).
+    pub(crate) output_this_batch: usize,
+    /// A batch is open: the calls until `end_batch` share its limits.
+    pub(crate) batch_open: bool,
     /// The last error-level line the plugin logged in the current call: the
     /// reason it gives for an error status (`ErrorKind::PluginStatus`).
     pub(crate) last_error_line: Option<String>,
@@ -145,17 +160,43 @@ impl HostState {
             config: BTreeMap::new(),
             log_lines_this_call: 0,
             log_lines_dropped: 0,
+            run_log_lines: 0,
+            run_log_bytes: 0,
+            output_this_batch: 0,
+            batch_open: false,
             last_error_line: None,
         }
     }
 
-    /// Prepares for a new guest call.
+    /// Prepares for a new guest call. Inside a batch the log and output
+    /// allowances go on from the batch's earlier calls.
     pub(crate) fn begin_call(&mut self) {
         self.input_cursor = 0;
         self.output.clear();
-        self.log_lines_this_call = 0;
+        if !self.batch_open {
+            self.log_lines_this_call = 0;
+            self.output_this_batch = 0;
+        }
         self.last_error_line = None;
         self.limiter.denied = false;
+    }
+
+    /// Opens a batch: its calls share one log and one output allowance.
+    pub(crate) fn begin_batch(&mut self) {
+        self.log_lines_this_call = 0;
+        self.output_this_batch = 0;
+        self.batch_open = true;
+    }
+
+    /// Closes the batch `begin_batch` opened.
+    pub(crate) fn end_batch(&mut self) {
+        self.batch_open = false;
+    }
+
+    /// Starts the per-run log allowance.
+    pub(crate) fn begin_run(&mut self) {
+        self.run_log_lines = 0;
+        self.run_log_bytes = 0;
     }
 }
 
@@ -263,14 +304,36 @@ fn host_log(
     let range = arena_range(caller.data(), ptr, len)?;
     charge(&mut caller, range.len())?;
     let state = caller.data();
-    if state.log_lines_this_call >= MAX_LOG_LINES_PER_CALL {
-        caller.data_mut().log_lines_dropped += 1;
+    // What the line costs the run's allowance: its shown text and the
+    // plugin-name prefix the host adds.
+    let shown_len = range.len().min(MAX_LOG_LINE_BYTES);
+    let cut = if range.len() > MAX_LOG_LINE_BYTES {
+        " [cut]"
+    } else {
+        ""
+    };
+    let line_bytes = "[] ".len() + state.plugin_name.len() + shown_len + cut.len();
+    if state.log_lines_this_call >= MAX_LOG_LINES_PER_CALL
+        || state.run_log_lines >= MAX_LOG_LINES_PER_RUN
+        || state.run_log_bytes + line_bytes > MAX_LOG_BYTES_PER_RUN
+    {
+        let state = caller.data_mut();
+        if state.run_log_lines < MAX_LOG_LINES_PER_RUN
+            && state.run_log_bytes + line_bytes > MAX_LOG_BYTES_PER_RUN
+        {
+            // Say once that the run's allowance is spent.
+            state.run_log_lines = MAX_LOG_LINES_PER_RUN;
+        }
+        if state.run_log_lines == MAX_LOG_LINES_PER_RUN {
+            state.run_log_lines += 1;
+            log::warn!(target: "plugin", "[{}] log allowance spent", state.plugin_name);
+        }
+        state.log_lines_dropped += 1;
         return Ok(());
     }
     let memory = memory(&caller)?;
     let bytes = memory.data(&caller).get(range.clone()).unwrap_or_default();
-    let shown = &bytes[..bytes.len().min(MAX_LOG_LINE_BYTES)];
-    let text = String::from_utf8_lossy(shown);
+    let text = String::from_utf8_lossy(&bytes[..shown_len]);
     let level = match level {
         1 => log::Level::Error,
         2 => log::Level::Warn,
@@ -278,15 +341,12 @@ fn host_log(
         _ => log::Level::Debug,
     };
     let name = &caller.data().plugin_name;
-    let cut = if bytes.len() > MAX_LOG_LINE_BYTES {
-        " [cut]"
-    } else {
-        ""
-    };
     log::log!(target: "plugin", level, "[{name}] {text}{cut}");
     let last_error_line = (level == log::Level::Error).then(|| format!("{text}{cut}"));
     let state = caller.data_mut();
     state.log_lines_this_call += 1;
+    state.run_log_lines += 1;
+    state.run_log_bytes += line_bytes;
     if last_error_line.is_some() {
         state.last_error_line = last_error_line;
     }
@@ -335,7 +395,7 @@ fn host_write_channels(
     charge(&mut caller, range.len())?;
     let memory = memory(&caller)?;
     let (data, state) = memory.data_and_store_mut(&mut caller);
-    if state.output.len() + range.len() > state.max_output_bytes {
+    if state.output_this_batch + range.len() > state.max_output_bytes {
         return Ok(status::OUTPUT_LIMIT);
     }
     let bytes = data
@@ -345,6 +405,7 @@ fn host_write_channels(
             len: range.len() as u64,
         }))?;
     state.output.extend_from_slice(bytes);
+    state.output_this_batch += bytes.len();
     Ok(status::OK)
 }
 

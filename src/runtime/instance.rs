@@ -61,6 +61,35 @@ struct Exports {
     cleanup: TypedFunc<(), i32>,
 }
 
+/// What the open batch and the current run may still use. Per-call limits
+/// alone would multiply with the number of calls, which the plugin chooses
+/// through its arena size.
+#[derive(Clone, Copy, Debug, Default)]
+struct Budget {
+    /// Fuel left for the open batch (`None`: no batch is open).
+    batch_fuel: Option<u64>,
+    /// Deadline of the open batch.
+    batch_deadline: Option<Instant>,
+    /// Fuel the run's stage calls used so far.
+    run_fuel_used: u64,
+    /// Channels the run handed the plugin so far.
+    run_channels: u64,
+}
+
+/// What an instance has used of a run's allowances (see
+/// [`PluginInstance::run_usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunUsage {
+    /// Fuel of the run's stage calls.
+    pub fuel: u64,
+    /// Channels handed to the plugin.
+    pub channels: u64,
+    /// Log lines shown.
+    pub log_lines: u32,
+    /// Log bytes shown (with the name prefix).
+    pub log_bytes: usize,
+}
+
 /// A plugin instantiated in its own store. Not shared between threads; the
 /// pipeline owns it and calls it one batch at a time.
 pub struct PluginInstance {
@@ -71,6 +100,7 @@ pub struct PluginInstance {
     info: PluginInfo<'static>,
     arena: (u32, u32),
     stats: CallStats,
+    budget: Budget,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -140,6 +170,7 @@ impl PluginInstance {
             info: PluginInfo::default(),
             arena: (0, 0),
             stats: CallStats::default(),
+            budget: Budget::default(),
         };
         let ptr = plugin.call(&arena_ptr, ())?;
         let capacity = plugin.call(&arena_capacity, ())?;
@@ -235,6 +266,13 @@ impl PluginInstance {
             ))
             .into());
         }
+        if len < super::MIN_ARENA_BYTES {
+            return Err(ErrorKind::MalformedOutput(format!(
+                "arena of {capacity} bytes is below the minimum of {}",
+                super::MIN_ARENA_BYTES
+            ))
+            .into());
+        }
         self.arena = (start, len);
         self.store.data_mut().arena = Some(self.arena);
         Ok(())
@@ -255,6 +293,10 @@ impl PluginInstance {
         if info.name.is_empty() {
             return Err(Error::malformed("plugin info has an empty name"));
         }
+        check_info_text("name", &info.name, MAX_NAME_BYTES)?;
+        check_info_text("version", &info.version, MAX_VERSION_BYTES)?;
+        check_info_text("description", &info.description, MAX_DESCRIPTION_BYTES)?;
+        check_info_text("author", &info.author, MAX_AUTHOR_BYTES)?;
         Ok(PluginInfo {
             name: info.name.into_owned().into(),
             version: info.version.into_owned().into(),
@@ -302,6 +344,58 @@ impl PluginInstance {
     /// Counters so far.
     pub fn stats(&self) -> &CallStats {
         &self.stats
+    }
+
+    /// Starts a run: the per-run fuel and log allowances start over.
+    pub fn begin_run(&mut self) {
+        self.budget = Budget::default();
+        self.store.data_mut().begin_run();
+    }
+
+    /// What the current run has used of the per-run allowances.
+    pub fn run_usage(&self) -> RunUsage {
+        let state = self.store.data();
+        RunUsage {
+            fuel: self.budget.run_fuel_used,
+            channels: self.budget.run_channels,
+            log_lines: state.run_log_lines,
+            log_bytes: state.run_log_bytes,
+        }
+    }
+
+    /// Goes on with a run another instance has used `usage` of (an
+    /// instance that replaces a failed one mid-run gets no fresh budget).
+    pub fn continue_run(&mut self, usage: RunUsage) {
+        self.budget.run_fuel_used = usage.fuel;
+        self.budget.run_channels = usage.channels;
+        let state = self.store.data_mut();
+        state.run_log_lines = usage.log_lines;
+        state.run_log_bytes = usage.log_bytes;
+    }
+
+    /// Opens a batch of `channels` channels: until [`Self::end_batch`], the
+    /// stage calls share one fuel budget (`fuel_per_call`, cut to what the
+    /// run has left: `fuel_per_call + fuel_per_channel ×` channels so far −
+    /// fuel used), one deadline, one log and one output allowance.
+    pub fn begin_batch(&mut self, channels: usize) {
+        let budget = &mut self.budget;
+        budget.run_channels += channels as u64;
+        let allowance = self.limits.fuel_per_call.saturating_add(
+            self.limits
+                .fuel_per_channel
+                .saturating_mul(budget.run_channels),
+        );
+        let left = allowance.saturating_sub(budget.run_fuel_used);
+        budget.batch_fuel = Some(left.min(self.limits.fuel_per_call));
+        budget.batch_deadline = Some(Instant::now() + self.limits.timeout);
+        self.store.data_mut().begin_batch();
+    }
+
+    /// Closes the batch [`Self::begin_batch`] opened.
+    pub fn end_batch(&mut self) {
+        self.budget.batch_fuel = None;
+        self.budget.batch_deadline = None;
+        self.store.data_mut().end_batch();
     }
 
     /// Runs `execute_stage` on `input` (an encoded `StageInput`, copied to
@@ -465,10 +559,15 @@ impl PluginInstance {
         P: wasmi::WasmParams,
         R: wasmi::WasmResults,
     {
-        let budget = self.limits.fuel_per_call;
-        let slice = stack_safe_fuel_slice(self.limits.fuel_slice.min(budget));
         let started = Instant::now();
-        let deadline = started + self.limits.timeout;
+        let (budget, deadline) = match (self.budget.batch_fuel, self.budget.batch_deadline) {
+            (Some(fuel), Some(deadline)) => (fuel, deadline),
+            _ => (self.limits.fuel_per_call, started + self.limits.timeout),
+        };
+        if budget == 0 {
+            return Err(ErrorKind::OutOfFuel { budget }.into());
+        }
+        let slice = stack_safe_fuel_slice(self.limits.fuel_slice.min(budget));
         self.store.data_mut().begin_call();
         self.store.data_mut().fuel_reserve = budget.saturating_sub(slice);
         self.store.set_fuel(slice).map_err(fuel_error)?;
@@ -512,6 +611,10 @@ impl PluginInstance {
         };
         let left = self.store.get_fuel().unwrap_or(0) + self.store.data().fuel_reserve;
         let used = budget.saturating_sub(left);
+        if let Some(fuel) = &mut self.budget.batch_fuel {
+            *fuel = fuel.saturating_sub(used);
+            self.budget.run_fuel_used += used;
+        }
         self.stats.last_call_fuel = used;
         self.stats.fuel_consumed += used;
         self.stats.time += started.elapsed();
@@ -560,6 +663,33 @@ fn on_guest_stack<R>(guest_code: impl FnOnce() -> R) -> R {
         super::GUEST_STACK_SIZE,
         guest_code,
     )
+}
+
+/// Longest plugin name accepted (it prefixes every log line and names the
+/// plugin in stats and metrics).
+pub const MAX_NAME_BYTES: usize = 64;
+/// Longest plugin version accepted.
+pub const MAX_VERSION_BYTES: usize = 64;
+/// Longest plugin description accepted.
+pub const MAX_DESCRIPTION_BYTES: usize = 1024;
+/// Longest plugin author accepted.
+pub const MAX_AUTHOR_BYTES: usize = 256;
+
+/// Refuses a plugin-info string longer than `limit` bytes, or one holding
+/// control characters (a name or version is printed in logs and metrics).
+fn check_info_text(what: &str, text: &str, limit: usize) -> Result<()> {
+    if text.len() > limit {
+        return Err(Error::malformed(format!(
+            "plugin info {what} is {} bytes, more than the {limit} allowed",
+            text.len()
+        )));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(Error::malformed(format!(
+            "plugin info {what} holds control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// `m3u_init` in whichever of its two forms the module exports (the compile
@@ -642,7 +772,15 @@ fn classify(store: &Store<HostState>, limits: &RuntimeLimits, error: &wasmi::Err
                 }
                 .into()
             }
-            HostFault::NoMemory => missing(exports::MEMORY, fault),
+            // Loading checked the memory export, so this is a host function
+            // called with no plugin code around it (a re-exported import).
+            HostFault::NoMemory => ErrorKind::Trap {
+                code: None,
+                message: format!(
+                    "{fault}: a host function was called directly, not from the plugin's code"
+                ),
+            }
+            .into(),
         };
     }
     if let Some(code) = error.as_trap_code() {

@@ -18,6 +18,7 @@
 
 mod host;
 mod instance;
+mod shape;
 
 use std::time::Duration;
 
@@ -26,8 +27,11 @@ use wasmi::{CompilationMode, Config, CustomFuelCosts, Engine, ExternType, Linker
 
 use crate::{Error, ErrorKind, Result};
 
-pub use host::{HOST_BYTES_PER_FUEL, HOST_CALL_BASE_FUEL, MAX_LOG_LINES_PER_CALL};
-pub use instance::{CallStats, Encoded, PluginInstance};
+pub use host::{
+    HOST_BYTES_PER_FUEL, HOST_CALL_BASE_FUEL, MAX_LOG_BYTES_PER_RUN, MAX_LOG_LINES_PER_CALL,
+    MAX_LOG_LINES_PER_RUN,
+};
+pub use instance::{CallStats, Encoded, PluginInstance, RunUsage};
 
 /// Native stack that one unit of fuel may take, at worst, until its slice
 /// ends.
@@ -80,16 +84,32 @@ pub fn stack_safe_fuel_slice(wanted: u64) -> u64 {
 pub type PluginSettings =
     std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
+/// The smallest arena a plugin may declare. The host splits a batch into as
+/// many calls as the arena needs; limits hold per batch and per run, so a
+/// tiny arena cannot multiply them, but an arena smaller than one ordinary
+/// channel is nonsense and is refused at load.
+pub const MIN_ARENA_BYTES: u32 = 4 << 10;
+
 /// Resource limits applied to every plugin call.
+///
+/// Fuel, time, log lines and output bytes hold per *batch* (all the calls
+/// the host splits one batch into share them) and fuel also per *run*
+/// ([`RuntimeLimits::fuel_per_channel`]), so a plugin cannot raise them by
+/// declaring a small arena.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeLimits {
-    /// Fuel (≈ Wasm instructions) one export call may use.
+    /// Fuel (≈ Wasm instructions) one export call may use; a stage call
+    /// shares it with the other calls of its batch.
     pub fuel_per_call: u64,
+    /// Fuel a run may use per channel it hands the plugin, on top of one
+    /// `fuel_per_call`: a plugin that stays under the per-batch budget but
+    /// uses it on every batch runs out here.
+    pub fuel_per_channel: u64,
     /// Most fuel handed to the store at a time; the deadline is checked
     /// between slices. The slice is also cut to what the native stack can
     /// take ([`stack_safe_fuel_slice`]).
     pub fuel_slice: u64,
-    /// Wall-clock limit of one export call.
+    /// Wall-clock limit of one export call (a stage call: of its batch).
     pub timeout: Duration,
     /// Most linear memory a plugin may have, in bytes.
     pub max_memory_bytes: u64,
@@ -97,7 +117,7 @@ pub struct RuntimeLimits {
     pub max_recursion_depth: usize,
     /// Largest module file accepted, in bytes.
     pub max_module_bytes: usize,
-    /// Most output bytes one stage call may push.
+    /// Most output bytes the stage calls of one batch may push.
     pub max_output_bytes: usize,
     /// Fuel metering. Off removes the fuel budget **and** the wall-clock
     /// deadline (which is checked between fuel slices): for measuring what
@@ -109,6 +129,7 @@ impl Default for RuntimeLimits {
     fn default() -> Self {
         RuntimeLimits {
             fuel_per_call: 2_000_000_000,
+            fuel_per_channel: 100_000,
             fuel_slice: 20_000_000,
             timeout: Duration::from_secs(30),
             max_memory_bytes: 64 << 20,
@@ -290,6 +311,9 @@ impl PluginRuntime {
         }
         // Before compiling: a module for another ABI costs no translation.
         check_abi_version(wasm)?;
+        let required = REQUIRED_FUNCTIONS.map(|(name, _, _)| name);
+        shape::check_module_shape(wasm, &required, self.limits.max_memory_bytes)?;
+
         let module = Module::new(&self.engine, wasm)
             .map_err(|error| ErrorKind::InvalidModule(error.to_string()))?;
         self.check_imports(&module)?;

@@ -291,6 +291,12 @@ pub fn render_metrics(snapshot: &Snapshot) -> String {
         &|p| p.bytes_out.to_string(),
     );
     per_plugin(
+        "m3u_plugin_log_lines_dropped_total",
+        "counter",
+        "Log lines of the plugin dropped (past its allowance).",
+        &|p| p.log_lines_dropped.to_string(),
+    );
+    per_plugin(
         "m3u_plugin_circuit_open",
         "gauge",
         "1 when the plugin is switched off after max_plugin_failures failures.",

@@ -523,7 +523,7 @@ fn init_with_a_parameter_runs_under_the_fuel_budget() {
 
 #[test]
 fn a_table_larger_than_the_arena_is_a_clear_load_error() {
-    let value = "v".repeat(100);
+    let value = "v".repeat(4200);
     let pairs = [("key", value.as_str())];
     let table = PluginConfig {
         entries: vec![ConfigEntry {
@@ -532,13 +532,14 @@ fn a_table_larger_than_the_arena_is_a_clear_load_error() {
         }],
     };
     let size = postcard::to_allocvec(&table).unwrap().len();
-    assert_eq!(size, 1 + 4 + 1 + 100);
+    // Entry count, key (1 + 3), value (2-byte varint length + 4200).
+    assert_eq!(size, 1 + 4 + 2 + 4200);
 
-    // A 64-byte arena.
-    let wasm = echo_module(64, INIT_WITH_CONFIG);
+    // The smallest arena a plugin may have (4 KiB).
+    let wasm = echo_module(4096, INIT_WITH_CONFIG);
     let error = expect_error(
         product_runtime().load(&wasm, "config_echo", &settings("config_echo", &pairs)),
-        "106-byte table, 64-byte arena",
+        "4207-byte table, 4096-byte arena",
     );
     match error.kind() {
         ErrorKind::Config { key, message, .. } => {
@@ -546,7 +547,7 @@ fn a_table_larger_than_the_arena_is_a_clear_load_error() {
             assert!(
                 message.contains("`config_echo`")
                     && message.contains(&format!("{size} bytes"))
-                    && message.contains("64-byte arena"),
+                    && message.contains("4096-byte arena"),
                 "{message}"
             );
         }
@@ -554,7 +555,7 @@ fn a_table_larger_than_the_arena_is_a_clear_load_error() {
     }
     let text = error.to_string();
     assert!(
-        text.contains("config_echo") && text.contains("106 bytes"),
+        text.contains("config_echo") && text.contains(&format!("{size} bytes")),
         "{text}"
     );
     // A table that fits the same arena loads.

@@ -324,7 +324,7 @@ fn an_instruction_dearer_than_a_slice_still_runs() {
             (if (i32.ne (memory.grow (i32.const 40)) (i32.const 1)) (then unreachable))
             (memory.fill (i32.const 0) (i32.const 7) (i32.const 0x200000))
             (i32.const 0))
-          (func (export "m3u_arena_capacity") (result i32) (i32.const 1024))
+          (func (export "m3u_arena_capacity") (result i32) (i32.const 4096))
           (func (export "m3u_plugin_info") (result i32) (i32.const -7))
           (func (export "m3u_init") (result i32) (i32.const 0))
           (func (export "m3u_execute_stage") (param i32 i32) (result i32) (i32.const 0))

@@ -33,7 +33,7 @@ use m3u_plugin_host::config::Config;
 use m3u_plugin_host::pipeline::{Pipeline, PluginSlot, RunStats, Source};
 use m3u_plugin_host::runtime::{
     PluginInstance, PluginRuntime, PluginSettings, RuntimeLimits, HOST_BYTES_PER_FUEL,
-    HOST_CALL_BASE_FUEL, MAX_LOG_LINES_PER_CALL,
+    HOST_CALL_BASE_FUEL, MAX_LOG_BYTES_PER_RUN, MAX_LOG_LINES_PER_CALL, MAX_LOG_LINES_PER_RUN,
 };
 use m3u_plugin_host::{Error, ErrorKind, OwnedChannel};
 
@@ -188,7 +188,18 @@ const CORPUS: &[Case] = &[
          WatEdit("arena_misuse.wat", r#"(func (export "m3u_cleanup")"#, "(func $cleanup"),
          "missing_export", Load),
     case("export with the wrong signature (m3u_execute_stage)", Wat("wrong_export_signature.wat"), "missing_export", Load),
+    case("m3u_execute_stage re-exporting the read_channels import (arena at 0)", Wat("reexported_import.wat"), "missing_export", Load),
+    case("m3u_execute_stage re-exporting the write_channels import",
+         WatEdit("reexported_import.wat", "(func $read_channels))", "(func $write_channels))"), "missing_export", Load),
+    case("arena of 83 bytes (below the 4 KiB minimum)",
+         WatEdit("arena_past_memory.wat", "(result i32) (i32.const 65536))", "(result i32) (i32.const 83))"),
+         "malformed_output", Load),
     case("module file larger than max_module_bytes", Bytes("oversized", oversized_module), "invalid_module", Load),
+    case("element segments costing more than max_memory_per_plugin to instantiate",
+         Bytes("element_bomb", element_bomb), "invalid_module", Load),
+    case("data segments larger than max_memory_per_plugin", Bytes("data_bomb", data_bomb), "invalid_module", Load),
+    case("a plugin name of 65 bytes", Bytes("long_name", long_name), "malformed_output", Load),
+    case("a plugin name with a newline", Bytes("newline_name", newline_name), "malformed_output", Load),
     case("WAT text instead of a binary module", Bytes("wat_text", wat_source_as_module), "invalid_module", Load),
     case("truncated module (first half)", Bytes("truncated", truncated_module), "invalid_module", Load),
     case("empty file", Bytes("empty", Vec::new), "invalid_module", Load),
@@ -227,6 +238,8 @@ const CORPUS: &[Case] = &[
     case("patches answering filtering (even none)", Canned(|| vec![0x02, 0x00]), "malformed_output", Call(Filtering)),
     case("patch for channel index 16 of 16", Canned(patch_past_the_batch), "malformed_output", Call(DataMapping)),
     case("SetField on a field that is not text (attributes)", Canned(set_attributes_as_text), "malformed_output", Call(DataMapping)),
+    case("65 attribute changes to one channel (applying them would be quadratic)",
+         Canned(|| many_changes_to_one_channel(65)), "malformed_output", Call(DataMapping)),
     case("non-UTF-8 string in a SetField patch",
          Canned(|| vec![0x02, 0x01, 0x00, 0x00, 0x05, 0x02, 0xc3, 0x28]),
          "malformed_output", Call(DataMapping)),
@@ -295,6 +308,72 @@ fn set_attributes_as_text() -> Vec<u8> {
         index: 0,
         op: PatchOp::SetField(Field::Attributes, "G".into()),
     }]))
+}
+
+/// `n` patches setting distinct attributes of channel 0.
+fn many_changes_to_one_channel(n: usize) -> Vec<u8> {
+    let patches = (0..n)
+        .map(|k| Patch {
+            index: 0,
+            op: PatchOp::SetAttribute(format!("x-{k}").into(), "v".into()),
+        })
+        .collect();
+    encode(&StageOutput::Patches(patches))
+}
+
+/// `canned_output.wat` with its canned answer replaced by `extra`.
+fn module_with(extra: &str) -> Vec<u8> {
+    let text = replace_once(
+        &wat_text("canned_output.wat"),
+        r#"(data (i32.const 40000) "\02\00\00\00" "\09\00")"#,
+        extra,
+    );
+    wat_str(&text)
+}
+
+/// A passive element segment of 131 073 items: 4 MiB + 32 bytes at 32
+/// bytes per item, one item more than the corpus's 4 MiB memory limit.
+fn element_bomb() -> Vec<u8> {
+    let items = (MEMORY_LIMIT / 32 + 1) as usize;
+    module_with(&format!(
+        "(func $nothing) (elem func{})",
+        " $nothing".repeat(items)
+    ))
+}
+
+/// A passive data segment one byte larger than the 4 MiB memory limit.
+fn data_bomb() -> Vec<u8> {
+    module_with(&format!(
+        r#"(data "{}")"#,
+        "z".repeat(MEMORY_LIMIT as usize + 1)
+    ))
+}
+
+/// `canned_output.wat` naming itself `name` (printable ASCII or `\xx`
+/// escapes, `len` bytes).
+fn named(name: &str, len: usize) -> Vec<u8> {
+    let text = replace_once(
+        &wat_text("canned_output.wat"),
+        r#""\0d" "canned_output""#,
+        &format!(r#""\{len:02x}" "{name}""#),
+    );
+    let info_len = 26 - 13 + len;
+    let text = replace_once(
+        &text,
+        "(i32.const 16) (i32.const 26))\n    (i32.const 26))",
+        &format!("(i32.const 16) (i32.const {info_len}))\n    (i32.const {info_len}))"),
+    );
+    wat_str(&text)
+}
+
+/// A plugin name of 65 bytes (the limit is 64).
+fn long_name() -> Vec<u8> {
+    named(&"n".repeat(65), 65)
+}
+
+/// A plugin name with a line break in it (forged log lines).
+fn newline_name() -> Vec<u8> {
+    named(r"evil\0a[host] fake", 16)
 }
 
 /// A valid module padded with a custom section to one byte more than the
@@ -738,8 +817,9 @@ fn lengths_near_u32_max_are_checked_without_wrapping() {
     }
 }
 
-/// Captures the log lines of one plugin (`[log_spam] …`); installed once for
-/// the test binary, passes every other record by.
+/// Captures the plugins' log lines (target `plugin`); installed once for the
+/// test binary, passes every other record by. Each test reads the lines of
+/// its own plugin name ([`lines_of`]).
 struct PluginLog {
     lines: Mutex<Vec<(log::Level, String)>>,
 }
@@ -753,10 +833,10 @@ impl log::Log for PluginLog {
         if record.target() != "plugin" {
             return;
         }
-        let text = record.args().to_string();
-        if text.starts_with("[log_spam] ") {
-            self.lines.lock().unwrap().push((record.level(), text));
-        }
+        self.lines
+            .lock()
+            .unwrap()
+            .push((record.level(), record.args().to_string()));
     }
 
     fn flush(&self) {}
@@ -775,6 +855,17 @@ fn plugin_log() -> &'static PluginLog {
         log::set_max_level(log::LevelFilter::Info);
         logger
     })
+}
+
+/// The captured lines of plugin `name`.
+fn lines_of(logger: &PluginLog, name: &str) -> Vec<(log::Level, String)> {
+    let prefix = format!("[{name}] ");
+    let lines = logger.lines.lock().unwrap();
+    lines
+        .iter()
+        .filter(|(_, text)| text.starts_with(&prefix))
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -797,7 +888,7 @@ fn log_spam_is_capped_per_call_cut_per_line_and_still_charged() {
         let fuel = instance.stats().last_call_fuel;
         assert!(fuel >= charged, "call {call}: {fuel} fuel < {charged}");
     }
-    let lines = logger.lines.lock().unwrap().clone();
+    let lines = lines_of(logger, "log_spam");
     assert_eq!(lines.len() as u64, 2 * cap, "32 lines shown per call");
     let shown = format!("[log_spam] {} [cut]", "x".repeat(1024));
     for (level, text) in lines {
@@ -1091,4 +1182,230 @@ fn running_out_of_fuel_in_a_lazily_translated_function_fails_cleanly() {
     slot.run(Filtering, &filtering_context(), &mut batch)
         .expect("enough fuel");
     assert_eq!(batch, all);
+}
+
+// ---------------------------------------------------------------------------
+// Round 2: limits that hold per batch and per run, however many calls the
+// plugin makes the host split the work into (docs/SECURITY.md, "Bounds").
+// ---------------------------------------------------------------------------
+
+/// `log_spam.wat` under another name of the same length, so its lines are
+/// told apart from those of the per-call test running beside it.
+fn log_flood(runtime: &PluginRuntime) -> PluginInstance {
+    let text = replace_once(
+        &wat_text("log_spam.wat"),
+        r#""\08" "log_spam""#,
+        r#""\08" "logflood""#,
+    );
+    runtime
+        .load(&wat_str(&text), "logflood", &PluginSettings::new())
+        .expect("loads")
+}
+
+#[test]
+fn log_lines_are_capped_per_batch_and_per_run_however_the_batch_is_split() {
+    let logger = plugin_log();
+    let runtime = runtime();
+    let mut instance = log_flood(&runtime);
+    instance.begin_run();
+    // 20 batches of 3 calls each (as a small arena would split them), 100
+    // lines per call: 6000 lines written.
+    let (batches, calls_per_batch, lines_per_call) = (20u64, 3u64, 100u64);
+    for _ in 0..batches {
+        instance.begin_batch(16);
+        for _ in 0..calls_per_batch {
+            assert_eq!(instance.execute_stage(DataMapping, b"in").unwrap(), [2, 0]);
+        }
+        instance.end_batch();
+    }
+    let lines = lines_of(logger, "logflood");
+    let text_lines: Vec<_> = lines.iter().filter(|(_, t)| t.contains("xxx")).collect();
+    let bytes: usize = text_lines.iter().map(|(_, t)| t.len()).sum();
+    // Per batch, not per call: 32 lines of the batch's 300 at most; per run
+    // at most 256 lines and 256 KiB, whichever comes first (here the bytes:
+    // 1024 shown + the name prefix per line).
+    assert!(text_lines.len() <= MAX_LOG_LINES_PER_RUN as usize);
+    assert!(bytes <= MAX_LOG_BYTES_PER_RUN, "{bytes} bytes of log");
+    let line_len = "[logflood] ".len() + 1024 + " [cut]".len();
+    assert_eq!(text_lines.len(), MAX_LOG_BYTES_PER_RUN / line_len);
+    let spent: Vec<_> = lines
+        .iter()
+        .filter(|(_, t)| t.contains("allowance spent"))
+        .collect();
+    assert_eq!(
+        spent.len(),
+        1,
+        "the spent allowance is said once: {spent:?}"
+    );
+    let written = batches * calls_per_batch * lines_per_call;
+    assert_eq!(
+        instance.stats().log_lines_dropped,
+        written - text_lines.len() as u64,
+        "every line not shown is counted"
+    );
+    // A new run gets a new allowance.
+    instance.begin_run();
+    instance.begin_batch(16);
+    instance.execute_stage(DataMapping, b"in").unwrap();
+    instance.end_batch();
+    let after = lines_of(logger, "logflood").len() - lines.len();
+    assert_eq!(after as u32, MAX_LOG_LINES_PER_CALL);
+}
+
+#[test]
+fn fuel_is_shared_by_the_calls_of_a_batch_and_bounded_per_run() {
+    // Each call of log_spam costs at least 100 × 270 = 27 000 fuel.
+    let limits = RuntimeLimits {
+        fuel_per_call: 100_000,
+        fuel_per_channel: 10_000,
+        ..RuntimeLimits::default()
+    };
+    let runtime = runtime_with(limits, &allowlist_with(&[]));
+    let mut instance = log_flood(&runtime);
+    // Outside a batch every call gets the whole budget, forever.
+    for _ in 0..10 {
+        instance.execute_stage(DataMapping, b"in").unwrap();
+    }
+    // Inside one batch the calls share it: the fourth call runs out.
+    instance.begin_run();
+    instance.begin_batch(1);
+    for _ in 0..3 {
+        instance.execute_stage(DataMapping, b"in").unwrap();
+    }
+    let error = instance.execute_stage(DataMapping, b"in").unwrap_err();
+    assert_eq!(error.label(), "out_of_fuel", "{error}");
+    instance.end_batch();
+    // Per run: a batch of one channel at a time, one call each, stays under
+    // the per-batch budget, but the run's allowance (100 000 + 10 000 per
+    // channel) is spent by the sixth batch.
+    let runtime = runtime_with(
+        RuntimeLimits {
+            fuel_per_call: 100_000,
+            fuel_per_channel: 10_000,
+            ..RuntimeLimits::default()
+        },
+        &allowlist_with(&[]),
+    );
+    let mut instance = log_flood(&runtime);
+    instance.begin_run();
+    let mut succeeded = 0;
+    let failed_at = (1..=20).find(|_| {
+        instance.begin_batch(1);
+        let ok = instance.execute_stage(DataMapping, b"in").is_ok();
+        instance.end_batch();
+        succeeded += u32::from(ok);
+        !ok
+    });
+    assert!(succeeded >= 3, "{succeeded} batches ran");
+    assert!(
+        failed_at.is_some_and(|batch| batch <= 6),
+        "the run's fuel allowance stops it: {failed_at:?}"
+    );
+    // The fuel used stays within the run's allowance.
+    let used = instance.run_usage().fuel;
+    let channels = instance.run_usage().channels;
+    assert!(
+        used <= 100_000 + 10_000 * channels,
+        "{used} fuel for {channels} channels"
+    );
+}
+
+#[test]
+fn output_is_bounded_per_batch_not_per_call() {
+    // canned_output pushes its 10 000-byte answer with write_channels and
+    // returns that call's status; the limit is 15 000 bytes.
+    let limits = RuntimeLimits {
+        fuel_per_call: FUEL,
+        max_output_bytes: 15_000,
+        ..RuntimeLimits::default()
+    };
+    let runtime = runtime_with(limits, &allowlist_with(&[]));
+    let wasm = canned(&[0x5a; 10_000]);
+    let mut instance = runtime
+        .load(&wasm, "canned_output", &PluginSettings::new())
+        .unwrap();
+    // Call by call, each answer fits.
+    for _ in 0..3 {
+        assert_eq!(
+            instance.execute_stage(Filtering, b"in").unwrap().len(),
+            10_000
+        );
+    }
+    // In one batch the calls share the limit: the second is refused.
+    instance.begin_batch(16);
+    assert_eq!(
+        instance.execute_stage(Filtering, b"in").unwrap().len(),
+        10_000
+    );
+    let error = instance.execute_stage(Filtering, b"in").unwrap_err();
+    instance.end_batch();
+    assert!(
+        matches!(error.kind(), ErrorKind::PluginStatus { status: -12, .. }),
+        "{error:?}"
+    );
+    // The next batch starts over.
+    instance.begin_batch(16);
+    assert_eq!(
+        instance.execute_stage(Filtering, b"in").unwrap().len(),
+        10_000
+    );
+    instance.end_batch();
+}
+
+#[test]
+fn a_fifo_in_the_plugin_directory_is_refused_without_blocking() {
+    let dir = scratch_dir("hostile-fifo");
+    let fifo = dir.join("x.wasm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let config = config(&dir, "filtering = [\"native_filter\"]");
+    std::thread::spawn(move || {
+        let _ = sender.send(run(config));
+    });
+    let (out, stats) = receiver
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the run finishes: opening the FIFO did not block");
+    assert_eq!(out, native_run().0);
+    assert_eq!(stats.plugin_load_errors.len(), 1);
+    assert!(
+        stats.plugin_load_errors[0].contains("not a regular file"),
+        "{:?}",
+        stats.plugin_load_errors
+    );
+}
+
+#[test]
+fn a_plugin_switched_off_is_not_made_again_until_its_circuit_closes() {
+    // infinite_loop fails every call (out of fuel, an aborted call): with
+    // max_plugin_failures = 2 it is made again after the first failure
+    // only; the second opens the circuit, and no third instance is made.
+    let dir = scratch_dir("hostile-circuit");
+    std::fs::write(
+        dir.join("infinite_loop.wasm"),
+        wat_file("infinite_loop.wat"),
+    )
+    .unwrap();
+    let text = config(&dir, "filtering = [\"infinite_loop\", \"native_filter\"]");
+    let mut config = text;
+    config
+        .proxy_generation
+        .wasm_plugins
+        .fallbacks
+        .max_plugin_failures = 2;
+    let mut pipeline = Pipeline::new(config).expect("pipeline");
+    pipeline.force_memory_pressure(Some(MemoryPressureLevel::Optimal));
+    let (out, stats) = pipeline.run_collect(vec![source()]).expect("run");
+    assert_eq!(out, native_run().0);
+    let plugin = &stats.plugins[0];
+    assert!(plugin.disabled);
+    assert_eq!(plugin.failures, 2);
+    let slot = &pipeline.plugins()[0];
+    assert!(
+        slot.needs_respawn(),
+        "made again only when the circuit closes"
+    );
 }

@@ -273,9 +273,11 @@ fn group_normalizer_normalizes_every_group_of_the_real_playlist() {
 
 /// A config value far longer than the SDK's 8 KiB scratch region reaches
 /// the plugin whole in the table handed over at init (no `get_config`
-/// needed); a table too long for the plugin's 1 MiB arena fails the load
-/// with a host config error naming the plugin and the size, before `init`
-/// runs, instead of passing for a missing key.
+/// needed): the plugin writes all 20,006 bytes of it, which the host then
+/// refuses (an answer writes at most 4 KiB per channel of its batch,
+/// docs/ABI.md §8), leaving the batch as it was. A table too long for the plugin's 1 MiB arena fails
+/// the load with a host config error naming the plugin and the size, before
+/// `init` runs, instead of passing for a missing key.
 #[test]
 fn long_config_values_are_read_in_init_and_too_long_ones_fail_it() {
     let (wasm, path) = example_plugin("group_normalizer.wasm");
@@ -286,18 +288,26 @@ fn long_config_values_are_read_in_init_and_too_long_ones_fail_it() {
     values.insert("case".to_string(), "keep".to_string());
     let long: PluginSettings = [("group_normalizer".to_string(), values.clone())].into();
     let mut slot = PluginSlot::new(load(&runtime, &wasm, "group_normalizer", &long), path);
-    let mut batch = vec![OwnedChannel {
+    let original = vec![OwnedChannel {
         id: 1,
         channel_name: "No group".into(),
         ..OwnedChannel::default()
     }];
-    slot.run(
-        Stage::DataMapping,
-        &context(Stage::DataMapping, 0),
-        &mut batch,
-    )
-    .expect("mapping");
-    assert_eq!(batch[0].group_title, long_group);
+    let mut batch = original.clone();
+    let error = slot
+        .run(
+            Stage::DataMapping,
+            &context(Stage::DataMapping, 0),
+            &mut batch,
+        )
+        .expect_err("a 20 KB value is more than a plugin may write");
+    assert!(
+        error
+            .to_string()
+            .contains("writes more than 4096 bytes into a batch of 1"),
+        "{error}"
+    );
+    assert_eq!(batch, original);
 
     values.insert("empty_group".to_string(), "y".repeat(2 << 20));
     // The encoded table: two entries; "case" = "keep" (1 + 4 + 1 + 4 bytes)

@@ -299,13 +299,22 @@ impl core::fmt::Display for AnswerError {
     }
 }
 
-/// Bounds an answer must respect beyond its batch.
+/// Bounds an answer must respect beyond its batch. They hold per channel,
+/// so however a plugin splits a batch into calls, what it can make the host
+/// do and hold grows only with the channels it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AnswerLimits {
-    /// Most patches (list entries) per input channel.
+    /// Most changes (patches and attribute-column values) per channel, and
+    /// most patch-list entries per input channel.
     pub max_patches_per_channel: usize,
     /// Longest value a plugin may write into one field or attribute, in bytes.
     pub max_value_bytes: usize,
+    /// Most bytes (values and attribute names) one answer may write, per
+    /// channel of its batch, summed over the answer (one channel may take
+    /// more, up to `max_value_bytes` per value, if others take less); whole
+    /// channels sent back may grow the batch's text by at most this much per
+    /// channel.
+    pub max_bytes_per_channel: usize,
     /// Most channels a rebuild may add, per input channel.
     pub max_added_per_channel: usize,
 }
@@ -315,6 +324,7 @@ impl Default for AnswerLimits {
         AnswerLimits {
             max_patches_per_channel: 64,
             max_value_bytes: 64 << 10,
+            max_bytes_per_channel: 4 << 10,
             max_added_per_channel: 1,
         }
     }
@@ -389,9 +399,7 @@ pub fn apply(
                 );
             }
             check_channel_ids(stage, &channels, batch)?;
-            for channel in &channels {
-                check_channel_values(channel, limits)?;
-            }
+            check_whole_channels(&channels, batch, limits)?;
             *batch = channels.into_iter().map(Channel::into_owned).collect();
             Ok(())
         }
@@ -409,16 +417,55 @@ fn check_value(what: &str, value: &str, limits: &AnswerLimits) -> Result<(), Ans
     Ok(())
 }
 
-fn check_channel_values(channel: &Channel<'_>, limits: &AnswerLimits) -> Result<(), AnswerError> {
-    for field in Field::ALL.into_iter().filter(|f| f.is_text()) {
-        check_value(field.name(), channel.text(field), limits)?;
+/// The text a channel holds: every field, attribute and extra line.
+fn channel_text_bytes(channel: &Channel<'_>) -> usize {
+    let fields: usize = Field::ALL
+        .into_iter()
+        .filter(|f| f.is_text())
+        .map(|field| channel.text(field).len())
+        .sum();
+    let attributes: usize = channel
+        .attributes
+        .iter()
+        .map(|attribute| attribute.name.len() + attribute.value.len())
+        .sum();
+    fields
+        + attributes
+        + channel
+            .extras
+            .iter()
+            .map(|extra| extra.len())
+            .sum::<usize>()
+}
+
+/// Longest channel a plugin may add: the longest line the reader accepts.
+pub const MAX_ADDED_CHANNEL_BYTES: usize = 64 << 10;
+
+/// Whole channels sent back may not grow the batch by more than
+/// `max_bytes_per_channel` per channel.
+fn check_whole_channels(
+    output: &[Channel<'_>],
+    input: &[Channel<'_>],
+    limits: &AnswerLimits,
+) -> Result<(), AnswerError> {
+    let before: usize = input.iter().map(channel_text_bytes).sum();
+    let after: usize = output.iter().map(channel_text_bytes).sum();
+    let most = before.saturating_add(input.len().saturating_mul(limits.max_bytes_per_channel));
+    if after > most {
+        return err(format!(
+            "channels sent back grew from {before} to {after} bytes"
+        ));
     }
-    for attribute in &channel.attributes {
-        check_value("an attribute name", &attribute.name, limits)?;
-        check_value("an attribute value", &attribute.value, limits)?;
-    }
-    for extra in &channel.extras {
-        check_value("an extra line", extra, limits)?;
+    Ok(())
+}
+
+/// A channel a rebuild adds: at most one reader line's worth of text.
+fn check_added_channel(channel: &Channel<'_>) -> Result<(), AnswerError> {
+    let bytes = channel_text_bytes(channel);
+    if bytes > MAX_ADDED_CHANNEL_BYTES {
+        return err(format!(
+            "an added channel holds {bytes} bytes of text, more than {MAX_ADDED_CHANNEL_BYTES}"
+        ));
     }
     Ok(())
 }
@@ -440,6 +487,7 @@ fn check_changes(
             changes.patches.len()
         ));
     }
+    let mut per_channel = PerChannel::new(len, limits);
     for values in &changes.fields {
         if !values.field.is_text() {
             return err(format!(
@@ -448,14 +496,22 @@ fn check_changes(
             ));
         }
         let what = values.field.name();
-        check_values(&values.values, what, len, limits)?;
+        check_values(&values.values, what, "", len, limits, &mut per_channel)?;
     }
     for column in &changes.attributes {
         check_value("an attribute name", &column.name, limits)?;
-        check_values(&column.values, &column.name, len, limits)?;
+        check_values(
+            &column.values,
+            &column.name,
+            &column.name,
+            len,
+            limits,
+            &mut per_channel,
+        )?;
     }
     for patch in &changes.patches {
-        if patch.index as usize >= len {
+        let index = patch.index as usize;
+        if index >= len {
             return err(format!(
                 "patch for channel {} but the batch has {len}",
                 patch.index
@@ -467,15 +523,61 @@ fn check_changes(
                     return err(format!("field `{}` cannot be set as text", field.name()));
                 }
                 check_value(field.name(), value, limits)?;
+                per_channel.count(index, value.len())?;
             }
             PatchOp::SetAttribute(name, value) => {
                 check_value("an attribute name", name, limits)?;
                 check_value("an attribute value", value, limits)?;
+                per_channel.count(index, name.len() + value.len())?;
             }
-            PatchOp::RemoveAttribute(_) => {}
+            PatchOp::RemoveAttribute(name) => per_channel.count(index, name.len())?,
         }
     }
     Ok(())
+}
+
+/// What one answer does: changes per channel and bytes written in all,
+/// bounded by [`AnswerLimits`] (so applying it costs O(answer), and what a
+/// plugin can make the host hold grows only with the channels it was given).
+struct PerChannel {
+    changes: Vec<u16>,
+    most_changes: usize,
+    written: usize,
+    most_written: usize,
+}
+
+impl PerChannel {
+    fn new(len: usize, limits: &AnswerLimits) -> Self {
+        PerChannel {
+            changes: alloc::vec![0; len],
+            most_changes: limits.max_patches_per_channel,
+            written: 0,
+            most_written: len.saturating_mul(limits.max_bytes_per_channel),
+        }
+    }
+
+    /// One more change of `bytes` bytes to channel `index` (< len).
+    fn count(&mut self, index: usize, bytes: usize) -> Result<(), AnswerError> {
+        let Some(changes) = self.changes.get_mut(index) else {
+            return err(format!("a change for channel {index} outside the batch"));
+        };
+        *changes = changes.saturating_add(1);
+        if usize::from(*changes) > self.most_changes {
+            return err(format!(
+                "more than {} changes to channel {index} in one answer",
+                self.most_changes
+            ));
+        }
+        self.written = self.written.saturating_add(bytes);
+        if self.written > self.most_written {
+            return err(format!(
+                "the answer writes more than {} bytes into a batch of {}",
+                self.most_written,
+                self.changes.len()
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn apply_changes(
@@ -489,12 +591,16 @@ fn apply_changes(
     Ok(())
 }
 
-/// Checks one column of values against a batch of `len` channels.
+/// Checks one column of values against a batch of `len` channels; each
+/// value counts as one change of its length plus `name`'s (an attribute
+/// column's name).
 fn check_values(
     values: &Values<'_>,
     what: &str,
+    name: &str,
     len: usize,
     limits: &AnswerLimits,
+    per_channel: &mut PerChannel,
 ) -> Result<(), AnswerError> {
     for (index, value) in values.entries(what).map_err(AnswerError)? {
         if index >= len {
@@ -503,6 +609,7 @@ fn check_values(
             ));
         }
         check_value(what, value, limits)?;
+        per_channel.count(index, name.len() + value.len())?;
     }
     Ok(())
 }
@@ -607,7 +714,7 @@ fn apply_rebuild(
     }
     check_changes(Stage::M3uGeneration, &rebuild.changes, len, limits)?;
     for channel in &rebuild.added {
-        check_channel_values(channel, limits)?;
+        check_added_channel(channel)?;
     }
     write_changes(rebuild.changes, batch);
     let mut input: Vec<Option<Channel<'static>>> = batch.drain(..).map(Some).collect();
@@ -845,6 +952,68 @@ mod tests {
         let mut long = FieldValues::new(Field::GroupTitle);
         long.push(0, &"x".repeat(AnswerLimits::default().max_value_bytes + 1));
         assert!(bad(long).contains("more than the"));
+    }
+
+    #[test]
+    fn an_answer_writes_at_most_4_kib_per_channel_of_its_batch_and_64_changes_per_channel() {
+        let limits = AnswerLimits::default();
+        let value = "v".repeat(3000);
+        let answer = |patches: Vec<Patch<'static>>| StageOutput::Patches(patches);
+        let set = |index: u32, field| Patch {
+            index,
+            op: PatchOp::SetField(field, value.clone().into()),
+        };
+        // Three channels may take 12 KiB in all, however it is shared.
+        let mut channels = batch(3);
+        let four = vec![
+            set(0, Field::GroupTitle),
+            set(0, Field::TvgName),
+            set(0, Field::TvgLogo),
+            set(1, Field::GroupTitle),
+        ];
+        run(
+            Stage::DataMapping,
+            FieldSet::NONE,
+            answer(four),
+            &mut channels,
+        )
+        .unwrap();
+        assert_eq!(channels[0].tvg_logo.len(), 3000);
+        let mut channels = batch(3);
+        let five = vec![
+            set(0, Field::GroupTitle),
+            set(0, Field::TvgName),
+            set(0, Field::TvgLogo),
+            set(1, Field::GroupTitle),
+            set(2, Field::GroupTitle),
+        ];
+        let error = run(
+            Stage::DataMapping,
+            FieldSet::NONE,
+            answer(five),
+            &mut channels,
+        );
+        assert!(error.unwrap_err().0.contains("more than 12288 bytes"));
+        assert_eq!(channels, batch(3));
+        // 65 changes to one channel are refused before any is applied.
+        let many = (0..=limits.max_patches_per_channel)
+            .map(|k| Patch {
+                index: 0,
+                op: PatchOp::SetAttribute(alloc::format!("x-{k}").into(), "1".into()),
+            })
+            .collect();
+        let mut channels = batch(2);
+        let error = run(
+            Stage::DataMapping,
+            FieldSet::NONE,
+            answer(many),
+            &mut channels,
+        );
+        assert!(error
+            .unwrap_err()
+            .0
+            .contains("more than 64 changes to channel 0"));
+        assert_eq!(channels, batch(2));
     }
 
     #[test]
