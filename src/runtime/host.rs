@@ -133,6 +133,8 @@ pub(crate) struct HostState {
     /// Log lines and bytes of the current run (`begin_run`).
     pub(crate) run_log_lines: u32,
     pub(crate) run_log_bytes: usize,
+    /// The run's log allowance is spent (announced once).
+    pub(crate) run_allowance_spent: bool,
     /// Output pushed during the current batch (or call, outside a batch).
     pub(crate) output_this_batch: usize,
     /// A batch is open: the calls until `end_batch` share its limits.
@@ -162,6 +164,7 @@ impl HostState {
             log_lines_dropped: 0,
             run_log_lines: 0,
             run_log_bytes: 0,
+            run_allowance_spent: false,
             output_this_batch: 0,
             batch_open: false,
             last_error_line: None,
@@ -188,15 +191,20 @@ impl HostState {
         self.batch_open = true;
     }
 
-    /// Closes the batch `begin_batch` opened.
+    /// Closes the batch `begin_batch` opened. A large pushed answer's
+    /// buffer is given back rather than kept for the instance's life.
     pub(crate) fn end_batch(&mut self) {
         self.batch_open = false;
+        if self.output.capacity() > 1 << 20 {
+            self.output = Vec::new();
+        }
     }
 
     /// Starts the per-run log allowance.
     pub(crate) fn begin_run(&mut self) {
         self.run_log_lines = 0;
         self.run_log_bytes = 0;
+        self.run_allowance_spent = false;
     }
 }
 
@@ -304,44 +312,36 @@ fn host_log(
     let range = arena_range(caller.data(), ptr, len)?;
     charge(&mut caller, range.len())?;
     let state = caller.data();
-    // What the line costs the run's allowance: its shown text and the
-    // plugin-name prefix the host adds.
-    let shown_len = range.len().min(MAX_LOG_LINE_BYTES);
-    let cut = if range.len() > MAX_LOG_LINE_BYTES {
-        " [cut]"
-    } else {
-        ""
-    };
-    let line_bytes = "[] ".len() + state.plugin_name.len() + shown_len + cut.len();
     if state.log_lines_this_call >= MAX_LOG_LINES_PER_CALL
         || state.run_log_lines >= MAX_LOG_LINES_PER_RUN
-        || state.run_log_bytes + line_bytes > MAX_LOG_BYTES_PER_RUN
     {
-        let state = caller.data_mut();
-        if state.run_log_lines < MAX_LOG_LINES_PER_RUN
-            && state.run_log_bytes + line_bytes > MAX_LOG_BYTES_PER_RUN
-        {
-            // Say once that the run's allowance is spent.
-            state.run_log_lines = MAX_LOG_LINES_PER_RUN;
-        }
-        if state.run_log_lines == MAX_LOG_LINES_PER_RUN {
-            state.run_log_lines += 1;
-            log::warn!(target: "plugin", "[{}] log allowance spent", state.plugin_name);
-        }
-        state.log_lines_dropped += 1;
+        drop_log_line(caller.data_mut());
         return Ok(());
     }
     let memory = memory(&caller)?;
     let bytes = memory.data(&caller).get(range.clone()).unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes[..shown_len]);
+    let shown = &bytes[..bytes.len().min(MAX_LOG_LINE_BYTES)];
+    // Lossy: an invalid byte shows as U+FFFD (3 bytes), so the run's
+    // allowance counts the text as written to the log, prefix included.
+    let text = String::from_utf8_lossy(shown);
+    let cut = if bytes.len() > MAX_LOG_LINE_BYTES {
+        " [cut]"
+    } else {
+        ""
+    };
+    let state = caller.data();
+    let line_bytes = "[] ".len() + state.plugin_name.len() + text.len() + cut.len();
+    if state.run_log_bytes + line_bytes > MAX_LOG_BYTES_PER_RUN {
+        drop_log_line(caller.data_mut());
+        return Ok(());
+    }
     let level = match level {
         1 => log::Level::Error,
         2 => log::Level::Warn,
         3 => log::Level::Info,
         _ => log::Level::Debug,
     };
-    let name = &caller.data().plugin_name;
-    log::log!(target: "plugin", level, "[{name}] {text}{cut}");
+    log::log!(target: "plugin", level, "[{}] {text}{cut}", state.plugin_name);
     let last_error_line = (level == log::Level::Error).then(|| format!("{text}{cut}"));
     let state = caller.data_mut();
     state.log_lines_this_call += 1;
@@ -351,6 +351,17 @@ fn host_log(
         state.last_error_line = last_error_line;
     }
     Ok(())
+}
+
+/// Counts a log line past an allowance; the first one past the run's
+/// allowance (lines or bytes) is announced once.
+fn drop_log_line(state: &mut HostState) {
+    state.log_lines_dropped += 1;
+    let per_call = state.log_lines_this_call >= MAX_LOG_LINES_PER_CALL;
+    if !per_call && !state.run_allowance_spent {
+        state.run_allowance_spent = true;
+        log::warn!(target: "plugin", "[{}] log allowance spent", state.plugin_name);
+    }
 }
 
 fn host_get_memory_usage(mut caller: Caller<'_, HostState>) -> Result<i64, wasmi::Error> {

@@ -135,7 +135,7 @@ impl Default for RuntimeLimits {
             max_memory_bytes: 64 << 20,
             max_recursion_depth: 1000,
             max_module_bytes: 16 << 20,
-            max_output_bytes: 64 << 20,
+            max_output_bytes: 16 << 20,
             fuel_metering: true,
         }
     }
