@@ -113,13 +113,16 @@ fn compare(
     let fuel_before = plugin.total_stats().fuel_consumed;
     let (wasm, wasm_out) = time(input, &mut |index, batch| {
         if index == 0 {
-            // A new pipeline run: the host asks about the pressure first.
+            // A new pipeline run: the host hands the plugin the run's
+            // context (ABI 2 sends `base_url` only here) and asks about
+            // the pressure, as `Pipeline` does.
+            let run = m3u_plugin_host::abi::RunContext {
+                memory_pressure: MemoryPressureLevel::Optimal,
+                base_url: BASE_URL.into(),
+                ..m3u_plugin_host::abi::RunContext::default()
+            };
             plugin
-                .instance
-                .accepts_pressure(
-                    MemoryPressureLevel::Optimal,
-                    &m3u_plugin_host::abi::RunContext::default(),
-                )
+                .start_run(MemoryPressureLevel::Optimal, &run)
                 .expect("pressure check");
         }
         plugin
