@@ -319,7 +319,9 @@ impl fmt::Display for Error {
             ErrorKind::Timeout { limit_ms } => {
                 write!(
                     f,
-                    "plugin call exceeded its wall-clock limit of {limit_ms} ms"
+                    "plugin call exceeded its wall-clock limit of {limit_ms} ms \
+                     (`timeout_seconds` per batch, cut to what the run has left of \
+                     `timeout_seconds + time_per_channel_us` per channel)"
                 )
             }
             ErrorKind::MemoryLimit { limit } => write!(

@@ -288,9 +288,20 @@ fn list(config_path: &Path, json: bool) -> Result<()> {
             })
         })
         .collect();
+    let idle: Vec<serde_json::Value> = pipeline
+        .idle_plugins()
+        .iter()
+        .map(|idle| {
+            serde_json::json!({
+                "file": idle.path.display().to_string(),
+                "signature": idle.signature.label(),
+            })
+        })
+        .collect();
     if json {
         let report = serde_json::json!({
             "plugins": plugins,
+            "idle": idle,
             "not_loaded": pipeline.load_errors(),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -320,6 +331,14 @@ fn list(config_path: &Path, json: bool) -> Result<()> {
                 "ok"
             },
             plugin["fuel"],
+        );
+    }
+    for plugin in &idle {
+        println!(
+            "idle: {} (valid, signature: {}; not instantiated, as no strategy names it: \
+             `plugins inspect` it to see its name and stages)",
+            plugin["file"].as_str().unwrap_or_default(),
+            plugin["signature"].as_str().unwrap_or_default(),
         );
     }
     for error in pipeline.load_errors() {

@@ -45,6 +45,11 @@ pub struct WasmPlugins {
     /// `fuel_per_call` (the per-run budget).
     #[serde(default = "default_fuel_per_channel")]
     pub fuel_per_channel: u64,
+    /// Wall-clock microseconds a run's stage calls may take per channel
+    /// handed to a plugin, on top of one `timeout_seconds` (the per-run
+    /// deadline).
+    #[serde(default = "default_time_per_channel_us")]
+    pub time_per_channel_us: u64,
     /// Deepest Wasm call stack.
     #[serde(default = "default_recursion")]
     pub max_recursion_depth: usize,
@@ -72,6 +77,7 @@ impl Default for WasmPlugins {
             enable_hot_reload: true,
             fuel_per_call: default_fuel(),
             fuel_per_channel: default_fuel_per_channel(),
+            time_per_channel_us: default_time_per_channel_us(),
             max_recursion_depth: default_recursion(),
             fuel_metering: true,
             security: Security::default(),
@@ -89,6 +95,7 @@ impl WasmPlugins {
             fuel_per_call: self.fuel_per_call,
             fuel_per_channel: self.fuel_per_channel,
             timeout: Duration::from_secs(self.timeout_seconds),
+            time_per_channel: Duration::from_micros(self.time_per_channel_us),
             max_memory_bytes: self.max_memory_per_plugin,
             max_recursion_depth: self.max_recursion_depth,
             fuel_metering: self.fuel_metering,
@@ -115,6 +122,11 @@ fn default_fuel() -> u64 {
 }
 fn default_fuel_per_channel() -> u64 {
     crate::runtime::RuntimeLimits::default().fuel_per_channel
+}
+fn default_time_per_channel_us() -> u64 {
+    crate::runtime::RuntimeLimits::default()
+        .time_per_channel
+        .as_micros() as u64
 }
 fn default_recursion() -> usize {
     crate::runtime::RuntimeLimits::default().max_recursion_depth

@@ -52,7 +52,7 @@ use crate::Result;
 pub use crate::store::HoldStats;
 pub use per_stage::PerStage;
 pub use plugin_stage::PluginSlot;
-pub use registry::FileStamp;
+pub use registry::{FileStamp, IdlePlugin};
 pub use sources::{ChannelSink, CollectSink, M3uSink, Source};
 pub use stats::{PluginStats, RunStats, StageStats};
 
@@ -61,6 +61,8 @@ pub struct Pipeline {
     config: Config,
     runtime: Option<PluginRuntime>,
     plugins: Vec<PluginSlot>,
+    /// Valid plugin files that no strategy needs: not instantiated.
+    idle: Vec<IdlePlugin>,
     failed_files: HashMap<PathBuf, FileStamp>,
     /// Plugin files whose current version is not loaded, and why.
     load_problems: std::collections::BTreeMap<PathBuf, String>,
@@ -105,6 +107,7 @@ impl Pipeline {
             config,
             runtime: None,
             plugins: Vec::new(),
+            idle: Vec::new(),
             failed_files: HashMap::new(),
             load_problems: std::collections::BTreeMap::new(),
             failed_plugin_names: HashSet::new(),
@@ -130,9 +133,16 @@ impl Pipeline {
         &self.config
     }
 
-    /// The loaded plugins.
+    /// The loaded (instantiated) plugins.
     pub fn plugins(&self) -> &[PluginSlot] {
         &self.plugins
+    }
+
+    /// Valid plugin files that no strategy names: validated, not
+    /// instantiated. A reload instantiates one if a listed name has lost
+    /// its plugin (its file was removed).
+    pub fn idle_plugins(&self) -> &[IdlePlugin] {
+        &self.idle
     }
 
     /// Plugins that failed to load, with path and cause.

@@ -1,7 +1,15 @@
-//! The plugin registry: loading every module of `plugin_directory`
-//! (validated, signature-checked, instantiated, initialised), and hot
+//! The plugin registry: loading the modules of `plugin_directory`, and hot
 //! reload between runs.
+//!
+//! Every file is read (only if regular), signature-checked and validated.
+//! Only the plugins a strategy may run are instantiated and initialised: a
+//! plugin's name comes from its `m3u_plugin_info`, so the files whose stem
+//! is a name some strategy lists (`url-rewriter.wasm` or `url_rewriter.wasm`
+//! for `url_rewriter`) are instantiated first, and the others only while a
+//! listed name is still not found; the rest stay *idle* (validated, no
+//! instance, no memory, their `m3u_init` never run).
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -43,9 +51,7 @@ impl Pipeline {
         self.runtime = Some(runtime);
         match plugin_files(&directory) {
             Ok(files) => {
-                for path in files {
-                    self.load_file(path);
-                }
+                self.admit_files(files);
                 Ok(())
             }
             Err(error) if !wants_plugins => {
@@ -89,8 +95,86 @@ impl Pipeline {
         Ok(slot)
     }
 
+    /// The plugin names the strategy lists mention (chain members included).
+    fn listed_plugin_names(&self) -> HashSet<String> {
+        let strategies = &self.config.proxy_generation.wasm_plugins.strategies;
+        Stage::ALL
+            .iter()
+            .flat_map(|&stage| strategies.for_stage(stage))
+            .flat_map(|name| name.split(super::strategy::CHAIN_SEPARATOR))
+            .filter(|member| NativeStrategy::from_name(member).is_none())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether a listed name is neither a loaded plugin's nor a failed
+    /// file's (whose name is unknown: its stem stands for it).
+    fn has_unresolved_name(&self, listed: &HashSet<String>) -> bool {
+        listed.iter().any(|name| {
+            !self.plugins.iter().any(|slot| slot.name() == name)
+                && !self.failed_plugin_names.contains(name)
+        })
+    }
+
+    /// Loads the files that are neither loaded nor idle-and-unchanged: the
+    /// ones a listed name points at first, then the others while a listed
+    /// name is unresolved; what is left is validated and kept idle.
+    fn admit_files(&mut self, files: Vec<PathBuf>) {
+        let listed = self.listed_plugin_names();
+        let (named, others): (Vec<PathBuf>, Vec<PathBuf>) = files
+            .into_iter()
+            .partition(|path| stem_is_listed(path, &listed));
+        for path in named {
+            self.load_file(path);
+        }
+        for path in others {
+            if self.has_unresolved_name(&listed) {
+                self.load_file(path);
+            } else if !self.idle.iter().any(|idle| idle.path == path) {
+                self.validate_file(path);
+            }
+        }
+    }
+
+    /// Checks a file as loading would (size, signature, shape, imports,
+    /// exports, Wasm validation) without instantiating it: it stays idle.
+    fn validate_file(&mut self, path: PathBuf) {
+        let validated = (|| -> Result<IdlePlugin> {
+            let runtime = self
+                .runtime
+                .as_ref()
+                .ok_or_else(|| Error::config("wasm plugins are disabled"))?;
+            let stamp = file_stamp(&path).map_err(|error| Error::io(&path, error))?;
+            let bytes = read_module(&path, runtime.limits().max_module_bytes)?;
+            let signature = crate::signing::check_plugin(
+                &bytes,
+                &path,
+                &self.config.proxy_generation.wasm_plugins.security,
+            )?;
+            runtime.compile(&bytes)?;
+            Ok(IdlePlugin {
+                path: path.clone(),
+                signature,
+                stamp,
+            })
+        })();
+        match validated {
+            Ok(idle) => {
+                log::debug!(
+                    "plugin file {} is valid; no strategy names it, so it is not instantiated",
+                    path.display()
+                );
+                self.failed_files.remove(&path);
+                self.load_problems.remove(&path);
+                self.idle.push(idle);
+            }
+            Err(error) => self.record_load_failure(&path, &error),
+        }
+    }
+
     /// Loads a file that is not loaded yet; a failure is reported and kept.
     fn load_file(&mut self, path: PathBuf) {
+        self.idle.retain(|idle| idle.path != path);
         let loaded = self.instantiate_file(&path).and_then(|slot| {
             let name = slot.name().to_string();
             match self.plugins.iter().any(|other| other.name() == name) {
@@ -189,23 +273,49 @@ impl Pipeline {
             }
             index += 1;
         }
+        // An idle file that changed or went away is checked again (or
+        // forgotten); one that did not stays idle unless a name needs it.
+        self.idle
+            .retain(|idle| file_stamp(&idle.path).is_ok_and(|now| now == idle.stamp));
         let Ok(files) = plugin_files(&directory) else {
             return;
         };
         // Problems of files that are gone are gone too.
         self.load_problems.retain(|path, _| files.contains(path));
         self.failed_files.retain(|path, _| files.contains(path));
-        for path in files.iter().cloned() {
-            let known = self.plugins.iter().any(|slot| slot.path == path);
-            let failed_unchanged = self
-                .failed_files
-                .get(&path)
-                .is_some_and(|stamp| file_stamp(&path).is_ok_and(|now| now == *stamp));
-            if !known && !failed_unchanged {
-                self.load_file(path);
-            }
-        }
+        let candidates: Vec<PathBuf> = files
+            .into_iter()
+            .filter(|path| {
+                let loaded = self.plugins.iter().any(|slot| slot.path == *path);
+                let failed_unchanged = self
+                    .failed_files
+                    .get(path)
+                    .is_some_and(|stamp| file_stamp(path).is_ok_and(|now| now == *stamp));
+                !loaded && !failed_unchanged
+            })
+            .collect();
+        self.admit_files(candidates);
     }
+}
+
+/// A plugin file that passed every check of loading but was not
+/// instantiated, because no strategy names it (see the module's doc).
+#[derive(Clone, Debug)]
+pub struct IdlePlugin {
+    /// The file.
+    pub path: PathBuf,
+    /// Whether it is signed by a trusted key.
+    pub signature: crate::signing::SignatureState,
+    stamp: FileStamp,
+}
+
+/// Whether a file's stem, as written or with `-` read as `_`, is a listed
+/// plugin name.
+fn stem_is_listed(path: &Path, listed: &HashSet<String>) -> bool {
+    let Some(stem) = path.file_stem().map(|stem| stem.to_string_lossy()) else {
+        return false;
+    };
+    listed.contains(stem.as_ref()) || listed.contains(&stem.replace('-', "_"))
 }
 
 /// What identifies one version of a plugin: the module's stamp, with its

@@ -66,14 +66,25 @@ struct Exports {
 /// through its arena size.
 #[derive(Clone, Copy, Debug, Default)]
 struct Budget {
-    /// Fuel left for the open batch (`None`: no batch is open).
-    batch_fuel: Option<u64>,
-    /// Deadline of the open batch.
-    batch_deadline: Option<Instant>,
+    /// The open batch's allowance (`None`: no batch is open).
+    batch: Option<BatchBudget>,
     /// Fuel the run's stage calls used so far.
     run_fuel_used: u64,
+    /// Wall-clock time the run's stage calls took so far.
+    run_time_used: Duration,
     /// Channels the run handed the plugin so far.
     run_channels: u64,
+}
+
+/// What the calls of one open batch share.
+#[derive(Clone, Copy, Debug)]
+struct BatchBudget {
+    /// Fuel left.
+    fuel: u64,
+    /// When the batch's time is up.
+    deadline: Instant,
+    /// The time the batch was given, for the error message.
+    limit: Duration,
 }
 
 /// What an instance has used of a run's allowances (see
@@ -82,6 +93,8 @@ struct Budget {
 pub struct RunUsage {
     /// Fuel of the run's stage calls.
     pub fuel: u64,
+    /// Wall-clock time of the run's stage calls.
+    pub time: Duration,
     /// Channels handed to the plugin.
     pub channels: u64,
     /// Log lines shown.
@@ -357,6 +370,7 @@ impl PluginInstance {
         let state = self.store.data();
         RunUsage {
             fuel: self.budget.run_fuel_used,
+            time: self.budget.run_time_used,
             channels: self.budget.run_channels,
             log_lines: state.run_log_lines,
             log_bytes: state.run_log_bytes,
@@ -367,6 +381,7 @@ impl PluginInstance {
     /// instance that replaces a failed one mid-run gets no fresh budget).
     pub fn continue_run(&mut self, usage: RunUsage) {
         self.budget.run_fuel_used = usage.fuel;
+        self.budget.run_time_used = usage.time;
         self.budget.run_channels = usage.channels;
         let state = self.store.data_mut();
         state.run_log_lines = usage.log_lines;
@@ -376,25 +391,34 @@ impl PluginInstance {
     /// Opens a batch of `channels` channels: until [`Self::end_batch`], the
     /// stage calls share one fuel budget (`fuel_per_call`, cut to what the
     /// run has left: `fuel_per_call + fuel_per_channel ×` channels so far −
-    /// fuel used), one deadline, one log and one output allowance.
+    /// fuel used), one deadline (`timeout`, cut likewise to `timeout +
+    /// time_per_channel ×` channels − time used), one log and one output
+    /// allowance.
     pub fn begin_batch(&mut self, channels: usize) {
+        let limits = &self.limits;
         let budget = &mut self.budget;
         budget.run_channels += channels as u64;
-        let allowance = self.limits.fuel_per_call.saturating_add(
-            self.limits
-                .fuel_per_channel
-                .saturating_mul(budget.run_channels),
-        );
-        let left = allowance.saturating_sub(budget.run_fuel_used);
-        budget.batch_fuel = Some(left.min(self.limits.fuel_per_call));
-        budget.batch_deadline = Some(Instant::now() + self.limits.timeout);
+        let fuel_allowance = limits
+            .fuel_per_call
+            .saturating_add(limits.fuel_per_channel.saturating_mul(budget.run_channels));
+        let fuel_left = fuel_allowance.saturating_sub(budget.run_fuel_used);
+        let channels_u32 = u32::try_from(budget.run_channels).unwrap_or(u32::MAX);
+        let time_allowance = limits
+            .timeout
+            .saturating_add(limits.time_per_channel.saturating_mul(channels_u32));
+        let time_left = time_allowance.saturating_sub(budget.run_time_used);
+        let limit = time_left.min(limits.timeout);
+        budget.batch = Some(BatchBudget {
+            fuel: fuel_left.min(limits.fuel_per_call),
+            deadline: Instant::now() + limit,
+            limit,
+        });
         self.store.data_mut().begin_batch();
     }
 
     /// Closes the batch [`Self::begin_batch`] opened.
     pub fn end_batch(&mut self) {
-        self.budget.batch_fuel = None;
-        self.budget.batch_deadline = None;
+        self.budget.batch = None;
         self.store.data_mut().end_batch();
     }
 
@@ -560,12 +584,25 @@ impl PluginInstance {
         R: wasmi::WasmResults,
     {
         let started = Instant::now();
-        let (budget, deadline) = match (self.budget.batch_fuel, self.budget.batch_deadline) {
-            (Some(fuel), Some(deadline)) => (fuel, deadline),
-            _ => (self.limits.fuel_per_call, started + self.limits.timeout),
+        let (budget, deadline, limit) = match self.budget.batch {
+            Some(batch) => (batch.fuel, batch.deadline, batch.limit),
+            None => (
+                self.limits.fuel_per_call,
+                started + self.limits.timeout,
+                self.limits.timeout,
+            ),
+        };
+        let timeout = || -> Error {
+            ErrorKind::Timeout {
+                limit_ms: limit.as_millis() as u64,
+            }
+            .into()
         };
         if budget == 0 {
             return Err(ErrorKind::OutOfFuel { budget }.into());
+        }
+        if started >= deadline {
+            return Err(timeout());
         }
         let slice = stack_safe_fuel_slice(self.limits.fuel_slice.min(budget));
         self.store.data_mut().begin_call();
@@ -582,10 +619,7 @@ impl PluginInstance {
                         break Err(ErrorKind::OutOfFuel { budget }.into());
                     }
                     if Instant::now() >= deadline {
-                        break Err(ErrorKind::Timeout {
-                            limit_ms: self.limits.timeout.as_millis() as u64,
-                        }
-                        .into());
+                        break Err(timeout());
                     }
                     // One instruction may need more than a slice (a
                     // `memory.grow`, `memory.copy` or `memory.fill` pays per
@@ -611,13 +645,15 @@ impl PluginInstance {
         };
         let left = self.store.get_fuel().unwrap_or(0) + self.store.data().fuel_reserve;
         let used = budget.saturating_sub(left);
-        if let Some(fuel) = &mut self.budget.batch_fuel {
-            *fuel = fuel.saturating_sub(used);
+        let took = started.elapsed();
+        if let Some(batch) = &mut self.budget.batch {
+            batch.fuel = batch.fuel.saturating_sub(used);
             self.budget.run_fuel_used += used;
+            self.budget.run_time_used += took;
         }
         self.stats.last_call_fuel = used;
         self.stats.fuel_consumed += used;
-        self.stats.time += started.elapsed();
+        self.stats.time += took;
         self.stats.log_lines_dropped = self.store.data().log_lines_dropped;
         result
     }

@@ -111,6 +111,10 @@ pub struct RuntimeLimits {
     pub fuel_slice: u64,
     /// Wall-clock limit of one export call (a stage call: of its batch).
     pub timeout: Duration,
+    /// Wall-clock time a run's stage calls may take per channel handed to
+    /// the plugin, on top of one `timeout`: a plugin that stays under the
+    /// batch's deadline but uses most of it on every batch runs out here.
+    pub time_per_channel: Duration,
     /// Most linear memory a plugin may have, in bytes.
     pub max_memory_bytes: u64,
     /// Deepest Wasm call stack, in frames.
@@ -132,6 +136,7 @@ impl Default for RuntimeLimits {
             fuel_per_channel: 100_000,
             fuel_slice: 20_000_000,
             timeout: Duration::from_secs(30),
+            time_per_channel: Duration::from_millis(1),
             max_memory_bytes: 64 << 20,
             max_recursion_depth: 1000,
             max_module_bytes: 16 << 20,

@@ -272,6 +272,54 @@ fn plugins_inspect_reports_info_and_imports() {
 }
 
 #[test]
+fn plugins_list_shows_loaded_and_idle_plugins_of_the_example() {
+    let output = ok(bin()
+        .args(["plugins", "list", "--json", "--config"])
+        .arg(repo().join("examples/pipeline.toml"))
+        .output()
+        .unwrap());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut loaded: Vec<&str> = report["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|plugin| plugin["name"].as_str().unwrap())
+        .collect();
+    loaded.sort_unstable();
+    assert_eq!(
+        loaded,
+        [
+            "dedup",
+            "group_normalizer",
+            "logo_mapper",
+            "sports_optimizer"
+        ],
+        "the plugins the example's strategies name, and only those"
+    );
+    let idle: Vec<&str> = report["idle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|idle| idle["file"].as_str().unwrap())
+        .collect();
+    for file in ["passthrough.wasm", "url_rewriter.wasm"] {
+        assert!(idle.iter().any(|path| path.ends_with(file)), "{idle:?}");
+    }
+    assert_eq!(report["not_loaded"], serde_json::json!([]));
+    let text = ok(bin()
+        .args(["plugins", "list", "--config"])
+        .arg(repo().join("examples/pipeline.toml"))
+        .output()
+        .unwrap());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("idle: ") && line.contains("url_rewriter.wasm")),
+        "{text}"
+    );
+}
+
+#[test]
 fn output_to_a_fifo_is_written_in_place_not_replaced() {
     let dir = scratch_dir("cli-fifo");
     let fifo = dir.join("out.fifo");

@@ -145,3 +145,16 @@ pub fn assert_compiles_without_get_config(runtime: &PluginRuntime, wasm: &[u8]) 
         "{imports:?}"
     );
 }
+
+/// The file names of a pipeline's idle plugins (valid, not instantiated),
+/// in file-name order.
+pub fn idle_files(pipeline: &m3u_plugin_host::pipeline::Pipeline) -> Vec<String> {
+    let mut files: Vec<String> = pipeline
+        .idle_plugins()
+        .iter()
+        .filter_map(|idle| idle.path.file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    files.sort_unstable();
+    files
+}

@@ -265,17 +265,21 @@ fn pipeline_with_the_product_allowlist_loads_and_configures_sports_optimizer() {
     let config = Config::from_toml(&toml_text).unwrap_or_else(|e| panic!("{e}\n{toml_text}"));
     let mut pipeline = Pipeline::new(config).unwrap();
     pipeline.force_memory_pressure(Some(MemoryPressureLevel::Optimal));
-    let mut loaded: Vec<&str> = pipeline.plugins().iter().map(PluginSlot::name).collect();
-    loaded.sort_unstable();
+    let loaded: Vec<&str> = pipeline.plugins().iter().map(PluginSlot::name).collect();
     assert_eq!(
         loaded,
-        [
-            "dedup",
-            "group_normalizer",
-            "logo_mapper",
-            "sports_optimizer"
-        ],
-        "every catalogue plugin loads under the product allowlist"
+        ["sports_optimizer"],
+        "only the plugin a strategy names"
+    );
+    assert_eq!(
+        super::common::idle_files(&pipeline),
+        ["dedup.wasm", "group_normalizer.wasm", "logo_mapper.wasm"],
+        "the other catalogue plugins are valid under the product allowlist"
+    );
+    assert!(
+        pipeline.load_errors().is_empty(),
+        "{:?}",
+        pipeline.load_errors()
     );
     let playlist = "#EXTM3U\n\
         #EXTINF:-1 group-title=\"News\",Channel A\nhttp://a\n\

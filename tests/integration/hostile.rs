@@ -24,6 +24,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use m3u_plugin_host::abi::{
     Channel, Field, FieldSet, MemoryPressureLevel, Patch, PatchOp, PluginInfo, Stage, StageContext,
@@ -38,9 +39,10 @@ use m3u_plugin_host::runtime::{
 use m3u_plugin_host::{Error, ErrorKind, OwnedChannel};
 
 use super::common::{
-    allowlist_with, replace_once, repo_path, runtime_with, test_plugin, wat_file, wat_str, wat_text,
+    allowlist_with, idle_files, replace_once, repo_path, runtime_with, test_plugin, wat_file,
+    wat_str, wat_text,
 };
-use super::pipeline::scratch_dir;
+use super::pipeline::{plugin_dir, scratch_dir};
 
 const PLAYLIST: &str = include_str!("../fixtures/m3u/iptv-org-index-2021.m3u");
 
@@ -1039,6 +1041,64 @@ fn output_past_max_output_bytes_is_refused_chunk_by_chunk() {
 }
 
 #[test]
+fn plugins_no_strategy_names_are_validated_but_not_instantiated() {
+    let dir = plugin_dir(&["passthrough"]);
+    // Each of these misbehaves only once instantiated: a garbage info
+    // answer, an init that loops until its deadline, a start function that
+    // loops. None is named, so none is instantiated.
+    for fixture in ["info_garbage", "init_loop", "start_loop"] {
+        let wasm = wat_file(&format!("{fixture}.wat"));
+        std::fs::write(dir.join(format!("{fixture}.wasm")), wasm).unwrap();
+    }
+    // A module that is not valid is still reported, named or not.
+    std::fs::write(dir.join("wasi.wasm"), wat_file("imports_wasi_fd_write.wat")).unwrap();
+    let config = config(&dir, r#"filtering = ["passthrough+native_filter"]"#);
+    let started = Instant::now();
+    let mut pipeline = Pipeline::new(config).expect("pipeline");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "init_loop's init was run: {:?}",
+        started.elapsed()
+    );
+    let loaded: Vec<&str> = pipeline.plugins().iter().map(PluginSlot::name).collect();
+    assert_eq!(loaded, ["passthrough"]);
+    assert_eq!(
+        idle_files(&pipeline),
+        ["info_garbage.wasm", "init_loop.wasm", "start_loop.wasm"]
+    );
+    let errors = pipeline.load_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("wasi.wasm") && errors[0].contains("wasi_snapshot_preview1"));
+    pipeline.force_memory_pressure(Some(MemoryPressureLevel::Optimal));
+    let (out, stats) = pipeline.run_collect(vec![source()]).expect("run");
+    assert_eq!(out, native_run().0);
+    assert_eq!(stats.plugins.len(), 1, "idle files have no stats");
+
+    // A second copy of passthrough under another stem stays idle (loaded,
+    // it would be refused as a duplicate name) until the named file goes
+    // away: then a reload instantiates it, since `passthrough` is listed.
+    let dir = plugin_dir(&["passthrough"]);
+    std::fs::copy(dir.join("passthrough.wasm"), dir.join("spare.wasm")).unwrap();
+    let mut pipeline = Pipeline::new(config_named(&dir)).expect("pipeline");
+    assert_eq!(idle_files(&pipeline), ["spare.wasm"]);
+    assert!(
+        pipeline.load_errors().is_empty(),
+        "{:?}",
+        pipeline.load_errors()
+    );
+    std::fs::remove_file(dir.join("passthrough.wasm")).unwrap();
+    pipeline.reload_changed_plugins();
+    assert!(idle_files(&pipeline).is_empty());
+    let loaded: Vec<_> = pipeline.plugins().iter().map(|slot| &slot.path).collect();
+    assert_eq!(loaded, [&dir.join("spare.wasm")]);
+    assert_eq!(pipeline.plugins()[0].name(), "passthrough");
+}
+
+fn config_named(dir: &Path) -> Config {
+    config(dir, r#"filtering = ["passthrough+native_filter"]"#)
+}
+
+#[test]
 fn huge_module_and_signature_files_are_refused_without_being_read() {
     // Sparse files: a terabyte each, no disk used. Reading either whole
     // would fail (or exhaust memory) long before the size limit applied.
@@ -1051,9 +1111,9 @@ fn huge_module_and_signature_files_are_refused_without_being_read() {
     sparse(dir.join("huge.wasm"));
     std::fs::write(dir.join("looping.wasm"), wat_file("infinite_loop.wat")).unwrap();
     sparse(dir.join("looping.wasm.sig"));
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (out, stats) = run(config(&dir, ""));
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(out, native_run().0);
     let errors = &stats.plugin_load_errors;
     assert_eq!(errors.len(), 2, "{errors:?}");
@@ -1320,6 +1380,65 @@ fn fuel_is_shared_by_the_calls_of_a_batch_and_bounded_per_run() {
 }
 
 #[test]
+fn wall_clock_time_is_bounded_per_run_not_only_per_batch() {
+    // infinite_loop spins until its batch's time is up. Each batch may take
+    // 200 ms, the run 200 ms + 5 ms per channel: twenty one-channel batches
+    // would take 4 s under a per-batch deadline alone, but the run stops at
+    // about 0.3 s and its later batches fail at once.
+    let limits = RuntimeLimits {
+        fuel_per_call: u64::MAX / 2,
+        fuel_per_channel: u64::MAX / 4,
+        fuel_slice: 100_000,
+        timeout: Duration::from_millis(200),
+        time_per_channel: Duration::from_millis(5),
+        ..RuntimeLimits::default()
+    };
+    let runtime = runtime_with(limits, &allowlist_with(&[]));
+    let mut instance = runtime
+        .load(
+            &wat_file("infinite_loop.wat"),
+            "infinite_loop",
+            &PluginSettings::new(),
+        )
+        .expect("loads");
+    instance.begin_run();
+    let started = Instant::now();
+    let mut labels = Vec::new();
+    for _ in 0..20 {
+        instance.begin_batch(1);
+        let error = instance.execute_stage(Filtering, b"in").unwrap_err();
+        instance.end_batch();
+        labels.push(error.label());
+    }
+    let took = started.elapsed();
+    assert!(labels.iter().all(|label| *label == "timeout"), "{labels:?}");
+    let used = instance.run_usage().time;
+    assert!(
+        used <= Duration::from_millis(200 + 5 * 20 + 100),
+        "the run's stage calls took {used:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "twenty batches took {took:?}"
+    );
+    // The instance that replaces a failed one goes on with the run's time.
+    let usage = instance.run_usage();
+    let mut fresh = runtime
+        .load(
+            &wat_file("infinite_loop.wat"),
+            "infinite_loop",
+            &PluginSettings::new(),
+        )
+        .expect("loads");
+    fresh.continue_run(usage);
+    fresh.begin_batch(1);
+    let started = Instant::now();
+    let error = fresh.execute_stage(Filtering, b"in").unwrap_err();
+    assert_eq!(error.label(), "timeout", "{error}");
+    assert!(started.elapsed() < Duration::from_millis(100));
+}
+
+#[test]
 fn output_is_bounded_per_batch_not_per_call() {
     // canned_output pushes its 10 000-byte answer with write_channels and
     // returns that call's status; the limit is 15 000 bytes.
@@ -1376,7 +1495,7 @@ fn a_fifo_in_the_plugin_directory_is_refused_without_blocking() {
         let _ = sender.send(run(config));
     });
     let (out, stats) = receiver
-        .recv_timeout(std::time::Duration::from_secs(20))
+        .recv_timeout(Duration::from_secs(20))
         .expect("the run finishes: opening the FIFO did not block");
     assert_eq!(out, native_run().0);
     assert_eq!(stats.plugin_load_errors.len(), 1);

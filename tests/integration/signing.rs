@@ -18,7 +18,8 @@ fn config(dir: &Path, security: &str) -> Config {
         "[proxy_generation.wasm_plugins]\nplugin_directory = {:?}\n\
          [proxy_generation.wasm_plugins.security]\n\
          allowed_host_functions = [\"log\", \"read_channels\", \"write_channels\", \"get_config\"]\n\
-         {security}\n",
+         {security}\n\
+         [proxy_generation.wasm_plugins.strategies]\nfiltering = [\"passthrough\"]\n",
         dir.display().to_string()
     );
     Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
