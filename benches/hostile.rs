@@ -109,6 +109,8 @@ struct Case {
     files: Vec<(String, Vec<u8>)>,
     stage: &'static str,
     batch_size: usize,
+    /// Whether a strategy names the plugin (else it sits in the directory).
+    named: bool,
 }
 
 fn loop_body(count: u64, each: &str) -> String {
@@ -137,6 +139,7 @@ fn cases() -> Vec<Case> {
         files: vec![(name.to_string(), wasm)],
         stage,
         batch_size,
+        named: true,
     };
     // 1. A small arena multiplies a per-call log cap: 32 lines of 2000 bytes
     // (the arena's bytes) on every call, a few channels per call.
@@ -236,6 +239,7 @@ fn cases() -> Vec<Case> {
         files: vec![("x".into(), Vec::new())],
         stage: "filtering",
         batch_size: 1024,
+        named: true,
     });
     // 7. Element segments: 2.2M items (the probe's 15.5M in 14.8 MiB cost
     // 436 MiB to instantiate).
@@ -258,13 +262,25 @@ fn cases() -> Vec<Case> {
     ));
     // 8. An 8 MiB plugin name.
     let name = "n".repeat(8 << 20);
+    let long_name = plugin(&name, FILTERING, FieldSet::NONE, 9 << 20, &[], KEEP_ALL, "");
     cases.push(case(
         "8 MiB plugin name",
         "long_name",
-        plugin(&name, FILTERING, FieldSet::NONE, 9 << 20, &[], KEEP_ALL, ""),
+        long_name.clone(),
         "filtering",
         1024,
     ));
+    // The probe's version: no strategy names it (it is only validated).
+    cases.push(Case {
+        named: false,
+        ..case(
+            "8 MiB plugin name, no strategy names it",
+            "idle_long_name",
+            long_name,
+            "filtering",
+            1024,
+        )
+    });
     // 9. A 60 KiB group title for every channel of a 64-channel batch
     // (3.75 MiB per batch), held by the numbering barrier.
     let mut titles = FieldValues::new(Field::GroupTitle);
@@ -463,8 +479,9 @@ fn main() {
         }
         let name: String = case.files[0].0.chars().take(64).collect();
         let out = dir.join("plugin.m3u");
+        let listed = case.named.then_some(name.as_str());
         let hostile = run(
-            &config(&dir, &out, case.stage, Some(&name), case.batch_size),
+            &config(&dir, &out, case.stage, listed, case.batch_size),
             &out,
         );
         println!(
