@@ -159,9 +159,8 @@ impl Pipeline {
         let queue = JobQueue::default();
         std::thread::scope(|scope| {
             // The pipeline's thread counts as one of the workers: it reads,
-            // numbers, writes and takes each batch's turn, which is as much
-            // work as the plugins of a typical configuration.
-            let mut threads = 0;
+            // numbers, writes, takes each batch's turn and runs waiting jobs
+            // between turns.
             for number in 1..flow.workers {
                 let (queue, shared) = (&queue, &shared);
                 queue
@@ -181,23 +180,19 @@ impl Pipeline {
                         }
                         queue.answer(Done::Stopped(worker.into_stats()));
                     });
-                match spawned {
-                    Ok(_) => threads += 1,
-                    Err(error) => {
-                        queue
-                            .state
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .running -= 1;
-                        log::warn!("could not start worker thread {number}: {error}");
-                    }
+                if let Err(error) = spawned {
+                    queue
+                        .state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .running -= 1;
+                    log::warn!("could not start worker thread {number}: {error}");
                 }
             }
             let mut driver = Driver {
                 flow,
                 queue: &queue,
                 helper: Worker::new(&shared),
-                threads,
                 tickets: FewByKey::default(),
                 results: FewByKey::default(),
                 cursor: 0,
@@ -665,10 +660,9 @@ enum Ticket {
 struct Driver<'f, 's> {
     flow: &'f Flow,
     queue: &'f JobQueue,
-    /// The pipeline's thread as a worker, when no worker thread started.
+    /// The pipeline's thread as a worker: between turns it runs a waiting
+    /// job rather than idle (the only worker when no thread started).
     helper: Worker<'s>,
-    /// Worker threads running.
-    threads: usize,
     /// Batches between reading and the sink, by sequence number.
     tickets: FewByKey<u64, Ticket>,
     /// Results that came back before their turn.
@@ -722,11 +716,12 @@ impl Driver<'_, '_> {
             if read_any {
                 continue;
             }
-            // Nothing to do here until a job is done.
-            let job = match self.threads {
-                0 => self.queue.try_pop(),
-                _ => None,
-            };
+            // Nothing to read or write until a job is done: run one here
+            // if one waits. Since the workers also format the M3U text, the
+            // worker threads' share is the larger one (two workers on two
+            // cores: ~2.4 s of a 1M run against ~1.4 s on this thread), so
+            // helping shortens the run (BENCHMARKS.md, 2026-12-04).
+            let job = self.queue.try_pop();
             let answers = match job {
                 Some(job) => {
                     let (seq, group) = (job.seq, job.group);
