@@ -390,7 +390,7 @@ fn read_line<R: BufRead>(inner: &mut R, buf: &mut Vec<u8>) -> io::Result<LineSta
             });
         }
         any = true;
-        let (content, used, end_of_line) = match find_byte(b'\n', available) {
+        let (content, used, end_of_line) = match memchr::memchr(b'\n', available) {
             Some(i) => (available.get(..i).unwrap_or(available), i + 1, true),
             None => (available, available.len(), false),
         };
@@ -414,29 +414,6 @@ fn read_line<R: BufRead>(inner: &mut R, buf: &mut Vec<u8>) -> io::Result<LineSta
     }
 }
 
-/// Position of the first `needle` in `haystack`, eight bytes at a time.
-fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let pattern = LO.wrapping_mul(u64::from(needle));
-    let mut chunks = haystack.chunks_exact(8);
-    let mut offset = 0;
-    for chunk in chunks.by_ref() {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word) ^ pattern;
-        if x.wrapping_sub(LO) & !x & HI != 0 {
-            break;
-        }
-        offset += 8;
-    }
-    haystack
-        .get(offset..)?
-        .iter()
-        .position(|&b| b == needle)
-        .map(|i| offset + i)
-}
-
 /// Parses an `#EXTINF` line after `#EXTINF:` into `channel`'s duration,
 /// attributes and title. Fails only on an unterminated quote.
 fn parse_extinf(body: &str, channel: &mut OwnedChannel) -> std::result::Result<(), &'static str> {
@@ -444,14 +421,12 @@ fn parse_extinf(body: &str, channel: &mut OwnedChannel) -> std::result::Result<(
     let bytes = body.as_bytes();
     let mut in_quotes = false;
     let mut comma = None;
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'"' => in_quotes = !in_quotes,
-            b',' if !in_quotes => {
-                comma = Some(i);
-                break;
-            }
-            _ => {}
+    for i in memchr::memchr2_iter(b'"', b',', bytes) {
+        if bytes.get(i) == Some(&b'"') {
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            comma = Some(i);
+            break;
         }
     }
     let (head, title) = match comma {
@@ -558,11 +533,7 @@ fn scan_attributes<'s>(s: &'s str, mut f: impl FnMut(&'s str, &'s str)) {
 
 /// Position of the next `"` at or after `from`.
 fn find_quote(bytes: &[u8], from: usize) -> Option<usize> {
-    bytes
-        .get(from..)?
-        .iter()
-        .position(|&b| b == b'"')
-        .map(|i| from + i)
+    memchr::memchr(b'"', bytes.get(from..)?).map(|i| from + i)
 }
 
 /// The attributes after `#EXTM3U`, if `line` is an `#EXTM3U` line.
@@ -1099,17 +1070,5 @@ mod tests {
         let err = reader.next().unwrap().unwrap_err();
         assert_eq!(err.label(), "io");
         assert!(reader.next().is_none());
-    }
-
-    #[test]
-    fn find_byte_matches_position() {
-        let data: Vec<u8> = (0..100u8)
-            .map(|i| if i % 37 == 5 { b'\n' } else { i | 0x80 })
-            .collect();
-        for start in 0..data.len() {
-            let hay = &data[start..];
-            assert_eq!(find_byte(b'\n', hay), hay.iter().position(|&b| b == b'\n'));
-            assert_eq!(find_byte(b'"', hay), None);
-        }
     }
 }

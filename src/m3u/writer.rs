@@ -220,40 +220,52 @@ fn format_channel(out: &mut impl Write, channel: &Channel<'_>) -> std::io::Resul
 /// ` name="value"`, with the replacements of the module docs.
 fn write_attribute(out: &mut impl Write, name: &str, value: &str) -> std::io::Result<()> {
     out.write_all(b" ")?;
-    write_replacing(out, name, |b| {
-        (b.is_ascii_whitespace() || matches!(b, b'=' | b',' | b'"')).then_some(b'_')
-    })?;
+    write_replacing(
+        out,
+        name,
+        |rest| {
+            rest.iter()
+                .position(|&b| b.is_ascii_whitespace() || matches!(b, b'=' | b',' | b'"'))
+        },
+        |_| b'_',
+    )?;
     out.write_all(b"=\"")?;
-    write_replacing(out, value, |b| match b {
-        b'"' => Some(b'\''),
-        b'\r' | b'\n' => Some(b' '),
-        _ => None,
-    })?;
+    write_replacing(
+        out,
+        value,
+        |rest| memchr::memchr3(b'"', b'\r', b'\n', rest),
+        |b| if b == b'"' { b'\'' } else { b' ' },
+    )?;
     out.write_all(b"\"")
 }
 
 /// Free text (title, URL, extras line): line breaks become spaces.
 fn write_text(out: &mut impl Write, text: &str) -> std::io::Result<()> {
-    write_replacing(out, text, |b| matches!(b, b'\r' | b'\n').then_some(b' '))
+    write_replacing(
+        out,
+        text,
+        |rest| memchr::memchr2(b'\r', b'\n', rest),
+        |_| b' ',
+    )
 }
 
-/// Writes `text`, replacing each ASCII byte for which `replace` returns a
-/// substitute. Only ASCII bytes are ever replaced, so UTF-8 stays valid.
+/// Writes `text`, replacing each byte `find` finds (it returns the first
+/// position in what is left) by `substitute(byte)`. `find` finds only ASCII
+/// bytes, so UTF-8 stays valid.
 fn write_replacing(
     out: &mut impl Write,
     text: &str,
-    replace: impl Fn(u8) -> Option<u8>,
+    find: impl Fn(&[u8]) -> Option<usize>,
+    substitute: impl Fn(u8) -> u8,
 ) -> std::io::Result<()> {
     let mut rest = text.as_bytes();
-    while let Some((i, substitute)) = rest
-        .iter()
-        .enumerate()
-        .find_map(|(i, &b)| replace(b).map(|s| (i, s)))
-    {
-        let (before, after) = rest.split_at(i);
+    while let Some((before, found)) = find(rest).map(|i| rest.split_at(i)) {
+        let Some((&byte, after)) = found.split_first() else {
+            break;
+        };
         out.write_all(before)?;
-        out.write_all(&[substitute])?;
-        rest = after.get(1..).unwrap_or_default();
+        out.write_all(&[substitute(byte)])?;
+        rest = after;
     }
     out.write_all(rest)
 }
