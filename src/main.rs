@@ -436,28 +436,39 @@ fn write_atomically<T>(
     let file_name = path
         .file_name()
         .with_context(|| format!("output path {} has no file name", path.display()))?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(".tmp");
-    let temp = path.with_file_name(temp_name);
-    let file =
-        std::fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
+    // A name of its own (`.<name>.<random>.tmp`, created exclusively), so
+    // runs writing the same output at once never share a temporary file.
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // What `File::create` gives (0666 less the umask), not tempfile's 0600:
+    // a playlist is usually read by another user (a web server, a player).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let (file, temp) = builder
+        .tempfile_in(directory)
+        .with_context(|| format!("creating a temporary file in {}", directory.display()))?
+        .into_parts();
     let mut writer = std::io::BufWriter::new(file);
-    let result = write(&mut writer).and_then(|value| {
-        writer.flush()?;
-        Ok(value)
-    });
-    match result {
-        Ok(value) => {
-            std::fs::rename(&temp, path)
-                .with_context(|| format!("moving output into place at {}", path.display()))?;
-            Ok(value)
-        }
-        Err(error) => {
-            let _ = std::fs::remove_file(&temp);
-            Err(error)
-        }
-    }
+    // On any error below, dropping `temp` removes the temporary file.
+    let value = write(&mut writer)?;
+    let file = writer
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)
+        .with_context(|| format!("writing {}", temp.display()))?;
+    // On disk before it replaces the previous playlist: a crash or power
+    // cut after the rename leaves the new file whole, not empty.
+    file.sync_all()
+        .with_context(|| format!("syncing {}", temp.display()))?;
+    temp.persist(path)
+        .with_context(|| format!("moving output into place at {}", path.display()))?;
+    Ok(value)
 }
 
 fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
@@ -487,6 +498,25 @@ fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
         Ok(state) => state.label().to_string(),
         Err(error) => format!("refused: {error}"),
     };
+    let problems = runtime.problems(&bytes);
+    if !problems.is_empty() {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        if json {
+            let report = serde_json::json!({
+                "file": file.display().to_string(),
+                "signature": signature,
+                "problems": problems,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        anyhow::bail!(
+            "{} is refused, {} problem{}:\n  - {}",
+            file.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  - ")
+        );
+    }
     let compiled = runtime
         .compile(&bytes)
         .with_context(|| format!("validating {}", file.display()))?;

@@ -298,6 +298,48 @@ impl PluginRuntime {
     /// [`ErrorKind::InvalidModule`], [`ErrorKind::AbiVersionMismatch`],
     /// [`ErrorKind::DisallowedImport`] or [`ErrorKind::MissingExport`].
     pub fn compile(&self, wasm: &[u8]) -> Result<CompiledPlugin> {
+        self.check_container(wasm)?;
+        // Before compiling: a module for another ABI costs no translation.
+        check_abi_version(wasm)?;
+        let module = self.validate(wasm)?;
+        if let Some(problem) = self.import_problems(&module).into_iter().next() {
+            return Err(problem);
+        }
+        if let Some(problem) = export_problems(&module).into_iter().next() {
+            return Err(problem);
+        }
+        Ok(CompiledPlugin {
+            module,
+            size_bytes: wasm.len(),
+        })
+    }
+
+    /// Every reason `compile` would refuse `wasm`, not only the first
+    /// (`plugins inspect`): the ABI section, then each disallowed import
+    /// and each missing export. Checks that guard the host (size, magic,
+    /// the shape of sections, Wasm validation) still stop at the first
+    /// failure, as nothing after them can be read safely. Empty when
+    /// `compile` accepts the module.
+    pub fn problems(&self, wasm: &[u8]) -> Vec<Error> {
+        let mut problems = Vec::new();
+        if let Err(problem) = self.check_container(wasm) {
+            return vec![problem];
+        }
+        if let Err(problem) = check_abi_version(wasm) {
+            problems.push(problem);
+        }
+        match self.validate(wasm) {
+            Ok(module) => {
+                problems.extend(self.import_problems(&module));
+                problems.extend(export_problems(&module));
+            }
+            Err(problem) => problems.push(problem),
+        }
+        problems
+    }
+
+    /// Size and magic: whether `wasm` may be looked at all.
+    fn check_container(&self, wasm: &[u8]) -> Result<()> {
         if wasm.len() > self.limits.max_module_bytes {
             return Err(ErrorKind::InvalidModule(format!(
                 "module is {} bytes, more than the limit of {} bytes",
@@ -314,63 +356,67 @@ impl PluginRuntime {
             )
             .into());
         }
-        // Before compiling: a module for another ABI costs no translation.
-        check_abi_version(wasm)?;
-        let required = REQUIRED_FUNCTIONS.map(|(name, _, _)| name);
-        shape::check_module_shape(wasm, &required, self.limits.max_memory_bytes)?;
-
-        let module = Module::new(&self.engine, wasm)
-            .map_err(|error| ErrorKind::InvalidModule(error.to_string()))?;
-        self.check_imports(&module)?;
-        check_exports(&module)?;
-        Ok(CompiledPlugin {
-            module,
-            size_bytes: wasm.len(),
-        })
+        Ok(())
     }
 
-    fn check_imports(&self, module: &Module) -> Result<()> {
-        for import in module.imports() {
-            let (module_name, name) = (import.module(), import.name());
-            let refuse = |reason: String| -> Error {
-                ErrorKind::DisallowedImport {
-                    module: module_name.to_string(),
-                    name: name.to_string(),
-                    reason,
-                }
-                .into()
-            };
-            if module_name != host_functions::MODULE {
-                return Err(refuse(format!(
-                    "plugins get no WASI and no other modules; only `{}` functions from \
-                     `allowed_host_functions` ({}) can be imported",
-                    host_functions::MODULE,
-                    self.allowed.join(", ")
-                )));
-            }
-            let Some((params, results)) = host::signature(name) else {
-                return Err(refuse(format!(
-                    "no such host function; known: {}",
-                    host_functions::ALL.join(", ")
-                )));
-            };
-            if !self.allowed.iter().any(|allowed| allowed == name) {
-                return Err(refuse(format!(
-                    "`{name}` is not in allowed_host_functions ({}); add it there if you \
-                     trust this plugin with it",
-                    self.allowed.join(", ")
-                )));
-            }
-            match import.ty() {
-                ExternType::Func(ty) if ty.params() == params && ty.results() == results => {}
-                other => {
-                    return Err(refuse(format!(
-                        "wrong type {other:?}, expected a function {params:?} -> {results:?}"
-                    )))
-                }
-            }
-        }
-        Ok(())
+    /// The section shapes (before wasmi sees them), then wasmi's
+    /// validation.
+    fn validate(&self, wasm: &[u8]) -> Result<Module> {
+        let required = REQUIRED_FUNCTIONS.map(|(name, _, _)| name);
+        shape::check_module_shape(wasm, &required, self.limits.max_memory_bytes)?;
+        Module::new(&self.engine, wasm)
+            .map_err(|error| ErrorKind::InvalidModule(error.to_string()).into())
+    }
+
+    /// Each import the allowlist refuses, with why.
+    fn import_problems(&self, module: &Module) -> Vec<Error> {
+        module
+            .imports()
+            .filter_map(|import| {
+                let (module_name, name) = (import.module(), import.name());
+                let reason = if module_name != host_functions::MODULE {
+                    format!(
+                        "plugins get no WASI and no other modules; only `{}` functions from \
+                         `allowed_host_functions` ({}) can be imported",
+                        host_functions::MODULE,
+                        self.allowed.join(", ")
+                    )
+                } else if let Some((params, results)) = host::signature(name) {
+                    if !self.allowed.iter().any(|allowed| allowed == name) {
+                        format!(
+                            "`{name}` is not in allowed_host_functions ({}); add it there if \
+                             you trust this plugin with it",
+                            self.allowed.join(", ")
+                        )
+                    } else {
+                        match import.ty() {
+                            ExternType::Func(ty)
+                                if ty.params() == params && ty.results() == results =>
+                            {
+                                return None
+                            }
+                            other => format!(
+                                "wrong type {other:?}, expected a function {params:?} -> \
+                                 {results:?}"
+                            ),
+                        }
+                    }
+                } else {
+                    format!(
+                        "no such host function; known: {}",
+                        host_functions::ALL.join(", ")
+                    )
+                };
+                Some(
+                    ErrorKind::DisallowedImport {
+                        module: module_name.to_string(),
+                        name: name.to_string(),
+                        reason,
+                    }
+                    .into(),
+                )
+            })
+            .collect()
     }
 
     /// Instantiates a compiled plugin, reads its arena and info, and runs
@@ -461,16 +507,20 @@ fn read_leb_u32(bytes: &[u8], mut at: usize) -> Option<(u32, usize)> {
     None
 }
 
-fn check_exports(module: &Module) -> Result<()> {
-    match module.get_export(exports::MEMORY) {
-        Some(ExternType::Memory(_)) => {}
-        _ => {
-            return Err(ErrorKind::MissingExport {
+/// Each required export that is missing or of the wrong type.
+fn export_problems(module: &Module) -> Vec<Error> {
+    let mut problems = Vec::new();
+    if !matches!(
+        module.get_export(exports::MEMORY),
+        Some(ExternType::Memory(_))
+    ) {
+        problems.push(
+            ErrorKind::MissingExport {
                 name: exports::MEMORY.into(),
                 detail: "a plugin must export its linear memory as `memory`".into(),
             }
-            .into())
-        }
+            .into(),
+        );
     }
     for (name, params, results) in REQUIRED_FUNCTIONS {
         let ok = match module.get_export(name) {
@@ -491,15 +541,17 @@ fn check_exports(module: &Module) -> Result<()> {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(" or ");
-            return Err(ErrorKind::MissingExport {
-                name: name.into(),
-                detail: format!(
-                    "expected a function taking {params} i32 and returning {results} i32 \
-                     (see docs/ABI.md)"
-                ),
-            }
-            .into());
+            problems.push(
+                ErrorKind::MissingExport {
+                    name: name.into(),
+                    detail: format!(
+                        "expected a function taking {params} i32 and returning {results} i32 \
+                         (see docs/ABI.md)"
+                    ),
+                }
+                .into(),
+            );
         }
     }
-    Ok(())
+    problems
 }

@@ -320,6 +320,107 @@ fn plugins_list_shows_loaded_and_idle_plugins_of_the_example() {
 }
 
 #[test]
+fn plugins_inspect_lists_every_problem_of_a_module_at_once() {
+    // No ABI section, a WASI import, an unknown host function, and only one
+    // of the required exports.
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+          (import "host" "open_socket" (func (param i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "m3u_plugin_info") (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let file = scratch_dir("cli-inspect-problems").join("wasi.wasm");
+    std::fs::write(&file, wasm).unwrap();
+    let output = bin()
+        .args(["plugins", "inspect", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "a refused module fails the command"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let problems: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|problem| problem.as_str().unwrap())
+        .collect();
+    assert!(problems[0].contains("m3u_abi_version"), "{problems:#?}");
+    assert!(
+        problems[1].contains("`wasi_snapshot_preview1.fd_write`"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[2].contains("`host.open_socket`") && problems[2].contains("no such host function"),
+        "{problems:#?}"
+    );
+    // m3u_plugin_info is there; the other six required functions are not.
+    let missing: Vec<&&str> = problems
+        .iter()
+        .filter(|problem| problem.starts_with("plugin export `"))
+        .collect();
+    assert_eq!(missing.len(), 6, "{problems:#?}");
+    assert!(!problems.iter().any(|p| p.contains("`m3u_plugin_info`")));
+    assert_eq!(problems.len(), 9, "{problems:#?}");
+    // The text form says the same on stderr.
+    let output = bin()
+        .args(["plugins", "inspect"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is refused, 9 problems:"), "{stderr}");
+    assert!(stderr.contains("`host.open_socket`"), "{stderr}");
+}
+
+#[test]
+fn concurrent_runs_to_one_output_each_write_their_own_temporary_file() {
+    let dir = scratch_dir("cli-concurrent-output");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, "").unwrap();
+    let input = repo().join("tests/fixtures/m3u/iptv-org-index-2021.m3u");
+    let run_to = |output: &Path| {
+        bin()
+            .args(["run", "-q", "--config"])
+            .arg(&config)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(output)
+            .spawn()
+            .unwrap()
+    };
+    let shared = dir.join("out.m3u");
+    let runs: Vec<_> = (0..4).map(|_| run_to(&shared)).collect();
+    for run in runs {
+        ok(run.wait_with_output().unwrap());
+    }
+    // The output is one whole playlist, the same as a run's alone.
+    let alone = dir.join("alone.m3u");
+    ok(run_to(&alone).wait_with_output().unwrap());
+    let written = std::fs::read_to_string(&shared).unwrap();
+    assert!(entries(&written) > 10_000);
+    assert_eq!(written, std::fs::read_to_string(&alone).unwrap());
+    // No temporary file is left behind, and the output may be read by
+    // whom a file created here may (0666 less the umask, not 0600).
+    let reference = dir.join("reference");
+    std::fs::write(&reference, "").unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["alone.m3u", "c.toml", "out.m3u", "reference"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&shared), mode(&reference));
+}
+
+#[test]
 fn output_to_a_fifo_is_written_in_place_not_replaced() {
     let dir = scratch_dir("cli-fifo");
     let fifo = dir.join("out.fifo");

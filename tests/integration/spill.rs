@@ -130,10 +130,16 @@ fn ctrl_c_stops_the_run_and_leaves_the_old_playlist_and_no_spill() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the run is under way: its temporary output exists.
-    let temp = dir.join(".playlist.m3u.tmp");
+    // Wait until the run is under way: its temporary output
+    // (`.playlist.m3u.<random>.tmp`) exists.
+    let temp_outputs = || -> Vec<String> {
+        entries_in(&dir)
+            .into_iter()
+            .filter(|name| name.starts_with(".playlist.m3u.") && name.ends_with(".tmp"))
+            .collect()
+    };
     let started = std::time::Instant::now();
-    while !temp.exists() && started.elapsed().as_secs() < 60 {
+    while temp_outputs().is_empty() && started.elapsed().as_secs() < 60 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -150,7 +156,7 @@ fn ctrl_c_stops_the_run_and_leaves_the_old_playlist_and_no_spill() {
         std::fs::read_to_string(&output).unwrap(),
         "#EXTM3U\nthe previous playlist\n"
     );
-    assert!(!temp.exists(), "the temporary output is removed");
+    assert!(temp_outputs().is_empty(), "the temporary output is removed");
     assert!(entries_in(&spill).is_empty(), "{:?}", entries_in(&spill));
 }
 
