@@ -137,6 +137,14 @@ pub enum ErrorKind {
         /// What went wrong and what to do.
         message: String,
     },
+    /// A source playlist could not be used: its download failed, or what
+    /// it gave was not a playlist, and no last good copy stands in for it.
+    Source {
+        /// The source's name (a URL with its credentials masked).
+        source: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
     /// The run was interrupted (Ctrl-C) before it finished; nothing was
     /// written in place of the output.
     Interrupted,
@@ -250,9 +258,19 @@ impl Error {
             ErrorKind::Rule { .. } => "rule",
             ErrorKind::M3u { .. } => "m3u",
             ErrorKind::Store { .. } => "store",
+            ErrorKind::Source { .. } => "source",
             ErrorKind::Interrupted => "interrupted",
             ErrorKind::Io { .. } => "io",
         }
+    }
+
+    /// A source that cannot be used (`source` is its display name, with any
+    /// credentials masked).
+    pub fn source(source: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::from(ErrorKind::Source {
+            source: source.into(),
+            message: message.into(),
+        })
     }
 
     /// Adds the file path to a configuration error.
@@ -401,6 +419,7 @@ impl fmt::Display for Error {
                 location,
                 message,
             } => write!(f, "spill store `{store}` ({location}): {message}"),
+            ErrorKind::Source { source, message } => write!(f, "source {source}: {message}"),
             ErrorKind::Interrupted => write!(
                 f,
                 "interrupted before the run finished: the output was not replaced"

@@ -36,6 +36,7 @@
 
 pub mod config;
 mod error;
+pub mod inputs;
 pub mod m3u;
 pub mod memory;
 pub mod native;

@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use m3u_plugin_host::config::{parse_level, Config};
-use m3u_plugin_host::pipeline::{M3uSink, Pipeline, Source};
+use m3u_plugin_host::inputs::{Inputs, SourceSpec};
+use m3u_plugin_host::pipeline::{M3uSink, Pipeline};
 use m3u_plugin_host::runtime::{PluginRuntime, PluginSettings, RuntimeLimits};
 
 #[derive(Parser)]
@@ -23,35 +24,45 @@ struct Cli {
     command: Command,
 }
 
+/// `m3u-plugin-host run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The TOML configuration.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Input playlist(s): files, http:// URLs, `-` for stdin; replaces
+    /// the config's [[sources]].
+    #[arg(long, short)]
+    input: Vec<PathBuf>,
+    /// Fail (exit 1, the output left as it was) rather than write a
+    /// playlist with a stale source; as `[last_good] fail_on_stale`.
+    #[arg(long)]
+    fail_on_stale: bool,
+    /// Output file, `-` for stdout; replaces the config's [output].
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Write the run's statistics as JSON to this file.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
+    /// Pretend this memory pressure (optimal, moderate, high, critical, emergency).
+    #[arg(long, value_parser = parse_level)]
+    memory_pressure: Option<m3u_plugin_host::abi::MemoryPressureLevel>,
+    /// No summary, and only warnings and errors in the log (unless RUST_LOG is set).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the pipeline: read sources, run the five stages, write M3U.
-    Run {
-        /// The TOML configuration.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Input playlist(s), `-` for stdin; replaces the config's [[sources]].
-        #[arg(long, short)]
-        input: Vec<PathBuf>,
-        /// Output file, `-` for stdout; replaces the config's [output].
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-        /// Write the run's statistics as JSON to this file.
-        #[arg(long)]
-        stats_json: Option<PathBuf>,
-        /// Pretend this memory pressure (optimal, moderate, high, critical, emergency).
-        #[arg(long, value_parser = parse_level)]
-        memory_pressure: Option<m3u_plugin_host::abi::MemoryPressureLevel>,
-        /// No summary, and only warnings and errors in the log (unless RUST_LOG is set).
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    Run(RunArgs),
     /// Serve the playlist over HTTP, regenerating it when sources or plugins change.
     Serve {
         /// The TOML configuration.
         #[arg(long, short)]
         config: PathBuf,
-        /// Input playlist(s); replaces the config's [[sources]].
+        /// Input playlist(s): files or http:// URLs; replaces the config's
+        /// [[sources]].
         #[arg(long, short)]
         input: Vec<PathBuf>,
         /// Address to listen on; replaces `[serve] listen`.
@@ -136,7 +147,7 @@ enum PluginCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `-q` keeps a run to warnings and errors unless RUST_LOG says otherwise.
-    let quiet = matches!(cli.command, Command::Run { quiet: true, .. });
+    let quiet = matches!(&cli.command, Command::Run(args) if args.quiet);
     let default_level = if quiet { "warn" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_timestamp(None)
@@ -172,14 +183,7 @@ fn main() -> ExitCode {
 
 fn run_cli(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run {
-            config,
-            input,
-            output,
-            stats_json,
-            memory_pressure,
-            quiet,
-        } => run(&config, input, output, stats_json, memory_pressure, quiet),
+        Command::Run(args) => run(args),
         Command::Plugins {
             command: PluginCommand::Inspect { file, config, json },
         } => inspect(&file, config.as_deref(), json),
@@ -355,18 +359,30 @@ fn stage_names(info: &m3u_plugin_host::abi::PluginInfo<'_>) -> Vec<&'static str>
         .collect()
 }
 
-fn run(
-    config_path: &Path,
-    inputs: Vec<PathBuf>,
-    output: Option<PathBuf>,
-    stats_json: Option<PathBuf>,
-    memory_pressure: Option<m3u_plugin_host::abi::MemoryPressureLevel>,
-    quiet: bool,
-) -> Result<()> {
-    let mut config = Config::from_file(config_path)?;
+fn run(args: RunArgs) -> Result<()> {
+    let RunArgs {
+        config: config_path,
+        input: inputs,
+        fail_on_stale,
+        output,
+        stats_json,
+        memory_pressure,
+        quiet,
+    } = args;
+    let mut config = Config::from_file(&config_path)?;
     if let Some(output) = output {
         config.output.path = output;
     }
+    let fail_on_stale = fail_on_stale || config.last_good.fail_on_stale;
+    let inputs = if inputs.is_empty() {
+        Inputs::from_config(&config)?
+    } else {
+        let specs = inputs
+            .iter()
+            .map(|argument| SourceSpec::from_argument(argument))
+            .collect::<m3u_plugin_host::Result<Vec<_>>>()?;
+        Inputs::new(specs, &config)
+    };
     let output_path = config.output.path.clone();
     let mut pipeline = Pipeline::new(config)?;
     if memory_pressure.is_some() {
@@ -388,15 +404,22 @@ fn run(
         );
     }
     pipeline.set_interrupt_flag(interrupted);
-    let sources = if inputs.is_empty() {
-        pipeline.configured_sources()?
-    } else {
-        inputs
-            .iter()
-            .map(|path| Source::open(path))
-            .collect::<m3u_plugin_host::Result<Vec<_>>>()?
-    };
-    let stats = if output_path.as_os_str() == "-" {
+    let (sources, reports) = inputs.open()?;
+    let stale: Vec<String> = reports
+        .iter()
+        .filter_map(|report| {
+            let reason = report.reason.as_ref()?;
+            Some(format!("{}: {reason}", report.name))
+        })
+        .collect();
+    if fail_on_stale && !stale.is_empty() {
+        anyhow::bail!(
+            "not writing the playlist (--fail-on-stale / [last_good] fail_on_stale): stale \
+             source(s), whose last good copy would have been used: {}",
+            stale.join("; ")
+        );
+    }
+    let mut stats = if output_path.as_os_str() == "-" {
         let stdout = std::io::stdout().lock();
         pipeline.run(sources, &mut M3uSink::new(stdout))?
     } else {
@@ -404,6 +427,7 @@ fn run(
             Ok(pipeline.run(sources, &mut M3uSink::new(file))?)
         })?
     };
+    stats.sources = reports;
     if !quiet {
         eprint!("{}", stats.summary());
     }

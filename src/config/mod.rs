@@ -28,7 +28,7 @@ pub use plugins::{
 };
 pub use pressure::{parse_level, CompressionName, LevelName, MemoryConfig, StoreConfig};
 pub use sections::{
-    CompressHeld, FilterActionConfig, FilterConfig, FilteringConfig, MappingConfig,
+    CompressHeld, FilterActionConfig, FilterConfig, FilteringConfig, LastGoodConfig, MappingConfig,
     NumberingConfig, OutputConfig, PipelineConfig, ProxyConfig, ServeConfig, SourceConfig,
 };
 
@@ -45,6 +45,9 @@ pub struct Config {
     /// Where the playlist goes.
     #[serde(default)]
     pub output: OutputConfig,
+    /// Last good copies of the sources.
+    #[serde(default)]
+    pub last_good: LastGoodConfig,
     /// Batching.
     #[serde(default)]
     pub pipeline: PipelineConfig,
@@ -72,6 +75,10 @@ pub struct Config {
     /// The long-running `serve` mode.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// The directory of the config file (relative paths were resolved
+    /// against it); `None` for a config built from text or in code.
+    #[serde(skip)]
+    base_directory: Option<PathBuf>,
     /// The native rules, parsed once when the file was read.
     #[serde(skip)]
     native_rules: Option<std::sync::Arc<crate::native::NativeRules>>,
@@ -118,6 +125,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        for (index, source) in self.sources.iter().enumerate() {
+            crate::inputs::SourceSpec::from_config(source)
+                .map_err(|message| Error::config_key(format!("sources[{index}]"), message))?;
+        }
+        if !(0.0..=1.0).contains(&self.last_good.max_shrink) {
+            return Err(Error::config_key(
+                "last_good.max_shrink",
+                "must be a share between 0.0 and 1.0 (0.5 = refuse a source that lost more than \
+                 half of its channels; 1.0 = never refuse one for shrinking)",
+            ));
+        }
         if !(1..=19).contains(&self.store.zstd_level) {
             return Err(Error::config_key(
                 "store.zstd_level",
@@ -197,9 +215,15 @@ impl Config {
             }
         };
         for source in &mut self.sources {
-            resolve(&mut source.path);
+            if let Some(path) = &mut source.path {
+                resolve(path);
+            }
         }
         resolve(&mut self.output.path);
+        if let Some(path) = &mut self.last_good.directory {
+            resolve(path);
+        }
+        self.base_directory = Some(base.to_path_buf());
         resolve(&mut self.proxy_generation.wasm_plugins.plugin_directory);
         if let Some(path) = &mut self.store.spill_directory {
             resolve(path);
@@ -207,6 +231,30 @@ impl Config {
         if let Some(path) = &mut self.store.zstd_dictionary {
             resolve(path);
         }
+    }
+
+    /// The directory of the sources' last good copies, if one is kept:
+    /// `[last_good] directory`; by default `<output>.last-good/` beside an
+    /// output file, or `last-good/` beside the config file when the output
+    /// is standard output; none for a config built from text without a
+    /// `directory`, or with `enabled = false`.
+    pub fn last_good_directory(&self) -> Option<PathBuf> {
+        if !self.last_good.enabled {
+            return None;
+        }
+        if let Some(directory) = &self.last_good.directory {
+            return Some(directory.clone());
+        }
+        let base = self.base_directory.as_deref()?;
+        let output = &self.output.path;
+        Some(match (output.parent(), output.file_name()) {
+            (Some(parent), Some(name)) if output.as_os_str() != "-" => {
+                let mut directory = name.to_os_string();
+                directory.push(".last-good");
+                parent.join(directory)
+            }
+            _ => base.join("last-good"),
+        })
     }
 
     /// The native rules (`[mapping]`, `[filtering]`): those parsed when the
@@ -320,7 +368,10 @@ mod tests {
         let mut config =
             Config::from_toml("[[sources]]\npath = \"a.m3u\"\n[output]\npath = \"-\"\n").unwrap();
         config.resolve_paths(Path::new("/etc/m3u"));
-        assert_eq!(config.sources[0].path, Path::new("/etc/m3u/a.m3u"));
+        assert_eq!(
+            config.sources[0].path.as_deref(),
+            Some(Path::new("/etc/m3u/a.m3u"))
+        );
         assert_eq!(config.output.path, Path::new("-"));
         assert_eq!(
             config.proxy_generation.wasm_plugins.plugin_directory,

@@ -114,7 +114,7 @@ impl Default for StoreConfig {
     }
 }
 
-fn default_true() -> bool {
+pub(super) fn default_true() -> bool {
     true
 }
 fn default_zstd_level() -> i32 {

@@ -64,15 +64,153 @@ fn default_proxy_name() -> String {
     "m3u-proxy".into()
 }
 
-/// One playlist source.
+/// One playlist source: a file (`path`), standard input (`path = "-"`) or
+/// an HTTP(S) URL (`url`), with the settings of its download.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Name shown in logs.
+    /// Name shown in logs, stats, `/health` and `/metrics` (default: the
+    /// path, or the URL with its credentials masked).
     #[serde(default)]
     pub name: String,
     /// File path, or `-` for standard input.
-    pub path: PathBuf,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `http://` or `https://` URL (https needs a build with the `https`
+    /// feature, see README).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `User-Agent` of the download (providers often refuse unknown ones).
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// Further request headers, e.g. `{ Referer = "http://provider/" }`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Longest wait for a connection to each of the host's addresses, in
+    /// seconds (name resolution has the system resolver's own timeout).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Longest wait for any read of the response, in seconds.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_seconds: u64,
+    /// Further attempts after a connection error, a timeout, a cut-off body
+    /// or a 5xx/429 answer (4xx answers are not retried).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Wait before the first retry, in ms; doubled for each further one.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff_ms: u64,
+    /// Redirects followed.
+    #[serde(default = "default_max_redirects")]
+    pub max_redirects: u32,
+    /// Largest body accepted (after decompression): `"1GiB"`, `"300MB"`, or bytes.
+    #[serde(
+        default = "default_max_body",
+        deserialize_with = "super::plugins::deserialize_size"
+    )]
+    pub max_bytes: u64,
+}
+
+impl SourceConfig {
+    /// A file source with every download setting at its default.
+    pub fn file(path: impl Into<PathBuf>) -> SourceConfig {
+        SourceConfig {
+            name: String::new(),
+            path: Some(path.into()),
+            url: None,
+            user_agent: None,
+            headers: std::collections::BTreeMap::new(),
+            connect_timeout_seconds: default_connect_timeout(),
+            read_timeout_seconds: default_read_timeout(),
+            retries: default_retries(),
+            retry_backoff_ms: default_retry_backoff(),
+            max_redirects: default_max_redirects(),
+            max_bytes: default_max_body(),
+        }
+    }
+
+    /// A URL source with every download setting at its default.
+    pub fn url(url: impl Into<String>) -> SourceConfig {
+        SourceConfig {
+            path: None,
+            url: Some(url.into()),
+            ..SourceConfig::file("")
+        }
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+fn default_read_timeout() -> u64 {
+    30
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_retry_backoff() -> u64 {
+    1000
+}
+
+fn default_max_redirects() -> u32 {
+    5
+}
+
+fn default_max_body() -> u64 {
+    1 << 30
+}
+
+/// `[last_good]`: keeping each source's last good copy and using it when a
+/// source fails or collapses.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastGoodConfig {
+    /// Check every source and keep its last good copy (default true). Off:
+    /// sources are read as they are, URLs streamed straight into the reader.
+    #[serde(default = "super::pressure::default_true")]
+    pub enabled: bool,
+    /// Where the copies are kept (default: `<output>.last-good/` beside the
+    /// output file; with the output on standard output, `last-good/` beside
+    /// the config file; a configuration built in code keeps none).
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// A source whose channel count fell by more than this share of its
+    /// last good copy's is not used (0.5 = lost more than half; 1.0 = never
+    /// refused for shrinking).
+    #[serde(default = "default_max_shrink")]
+    pub max_shrink: f64,
+    /// A source file modified less than this long ago is looked at again
+    /// after this long, and read only once two looks agree on its size and
+    /// modification time, in ms.
+    #[serde(default = "default_settle")]
+    pub settle_ms: u64,
+    /// `run`: fail (exit non-zero, the output left as it was) instead of
+    /// writing a playlist with a stale source (also `run --fail-on-stale`).
+    #[serde(default)]
+    pub fail_on_stale: bool,
+}
+
+impl Default for LastGoodConfig {
+    fn default() -> Self {
+        LastGoodConfig {
+            enabled: true,
+            directory: None,
+            max_shrink: default_max_shrink(),
+            settle_ms: default_settle(),
+            fail_on_stale: false,
+        }
+    }
+}
+
+fn default_max_shrink() -> f64 {
+    0.5
+}
+
+fn default_settle() -> u64 {
+    500
 }
 
 /// Where the playlist goes.

@@ -179,21 +179,16 @@ impl ChannelSink for CollectSink {
 }
 
 impl Pipeline {
-    /// Opens the sources named in the config.
+    /// Opens the sources named in the config as they are, without the
+    /// last-good checks ([`crate::inputs::Inputs::open`] has them).
     ///
     /// # Errors
     /// A source that cannot be opened, or none configured.
     pub fn configured_sources(&self) -> Result<Vec<Source>> {
-        if self.config.sources.is_empty() {
-            return Err(Error::config_key(
-                "sources",
-                "no sources: add a [[sources]] table with a `path`, or pass --input",
-            ));
-        }
-        self.config
-            .sources
+        crate::inputs::Inputs::from_config(&self.config)?
+            .specs()
             .iter()
-            .map(|s| Source::open(&s.path))
+            .map(crate::inputs::SourceSpec::open_unchecked)
             .collect()
     }
 }

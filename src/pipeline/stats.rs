@@ -156,6 +156,10 @@ pub struct RunStats {
     pub peak_rss_bytes: Option<u64>,
     /// What each holding strategy held, with its tier moves.
     pub holds: Vec<HoldStats>,
+    /// How each source was read (fresh, unchanged, stale with the reason,
+    /// unchecked); set by whoever opened the sources
+    /// ([`crate::inputs::Inputs::open`]), empty for sources opened directly.
+    pub sources: Vec<crate::inputs::SourceReport>,
 }
 
 impl RunStats {
@@ -177,6 +181,16 @@ impl RunStats {
             self.peak_rss_bytes
                 .map_or("unknown".to_string(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
         );
+        for source in &self.sources {
+            if let Some(reason) = &source.reason {
+                let _ = writeln!(
+                    out,
+                    "  source {}: STALE, its last good copy was used ({} channels): {reason}",
+                    source.name,
+                    source.channels.unwrap_or(0)
+                );
+            }
+        }
         for stage in &self.stages {
             let batches: Vec<String> = stage
                 .batches_by_strategy

@@ -104,8 +104,8 @@ pub fn render_metrics(snapshot: &Snapshot) -> String {
     m.family(
         "m3u_degraded",
         "gauge",
-        "1 when the last generation failed, a plugin circuit is open or a plugin file failed \
-         to load.",
+        "1 when the last generation failed, a plugin circuit is open, a plugin file failed \
+         to load or a source is stale.",
     );
     m.int("m3u_degraded", &[], u64::from(snapshot.is_degraded()));
     m.family(
@@ -136,6 +136,31 @@ pub fn render_metrics(snapshot: &Snapshot) -> String {
         &[],
         snapshot.plugin_load_errors.len() as u64,
     );
+
+    m.family(
+        "m3u_source_stale",
+        "gauge",
+        "1 when the last successful run read the source's last good copy because the source \
+         failed or was refused (empty, HTML, no channel, shrank, download failed).",
+    );
+    if let Some(run) = &snapshot.last_run {
+        for source in &run.sources {
+            let stale = source.status == crate::inputs::SourceStatus::Stale;
+            m.int(
+                "m3u_source_stale",
+                &[("source", &source.name)],
+                u64::from(stale),
+            );
+        }
+    }
+    m.family(
+        "m3u_source_stale_total",
+        "counter",
+        "Generations since start that read the source's last good copy instead of the source.",
+    );
+    for (name, count) in &snapshot.stale_sources_total {
+        m.int("m3u_source_stale_total", &[("source", name)], *count);
+    }
 
     let run = snapshot.last_run.as_ref();
     let run_gauges: [(&str, &str, Option<String>); 4] = [

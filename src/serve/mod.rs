@@ -83,6 +83,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
+use crate::inputs::{Inputs, Location, SourceSpec};
 use crate::pipeline::{Pipeline, PluginStats, RunStats};
 use crate::{Error, Result};
 
@@ -149,15 +150,29 @@ pub struct Snapshot {
     /// Plugin files that failed to load and are not running as they are on
     /// disk (path and cause); cleared once the file changes and loads.
     pub plugin_load_errors: Vec<String>,
+    /// Per source name: generations that used its last good copy because
+    /// the source itself failed or was refused.
+    pub stale_sources_total: std::collections::BTreeMap<String, u64>,
 }
 
 impl Snapshot {
-    /// True when the last generation failed, a plugin circuit is open, or a
-    /// plugin file failed to load.
+    /// True when the last generation failed, a plugin circuit is open, a
+    /// plugin file failed to load, or the last run read a stale source.
     pub fn is_degraded(&self) -> bool {
         self.last_generation_failed
             || self.plugins.iter().any(|plugin| plugin.stats.disabled)
             || !self.plugin_load_errors.is_empty()
+            || !self.stale_sources().is_empty()
+    }
+
+    /// The sources the last successful run read from their last good copy.
+    pub fn stale_sources(&self) -> Vec<&crate::inputs::SourceReport> {
+        self.last_run.as_ref().map_or_else(Vec::new, |run| {
+            run.sources
+                .iter()
+                .filter(|source| source.status == crate::inputs::SourceStatus::Stale)
+                .collect()
+        })
     }
 
     /// `"ok"` or `"degraded"` (see [`Snapshot::is_degraded`]).
@@ -362,24 +377,37 @@ pub fn serve_forever(config: Config, options: ServeOptions) -> Result<()> {
     }
 }
 
-fn resolve_inputs(config: &Config, options: &ServeOptions) -> Result<Vec<PathBuf>> {
-    let inputs: Vec<PathBuf> = if options.inputs.is_empty() {
-        config.sources.iter().map(|s| s.path.clone()).collect()
+fn resolve_inputs(config: &Config, options: &ServeOptions) -> Result<Inputs> {
+    let inputs = if options.inputs.is_empty() {
+        Inputs::from_config(config)?
     } else {
-        options.inputs.clone()
+        let specs = options
+            .inputs
+            .iter()
+            .map(|argument| SourceSpec::from_argument(argument))
+            .collect::<Result<Vec<_>>>()?;
+        Inputs::new(specs, config)
     };
-    if inputs.is_empty() {
-        return Err(Error::config_key(
-            "sources",
-            "no sources: add a [[sources]] table with a `path`, or pass --input",
-        ));
-    }
-    if inputs.iter().any(|path| path.as_os_str() == "-") {
+    if inputs
+        .specs()
+        .iter()
+        .any(|spec| spec.location == Location::Stdin)
+    {
         return Err(Error::config_key(
             "sources",
             "serve re-reads its sources on every regeneration, and standard input (`-`) can \
-             only be read once: give a file path",
+             only be read once: give a file path or a URL",
         ));
+    }
+    let has_url = inputs
+        .specs()
+        .iter()
+        .any(|spec| matches!(spec.location, Location::Url(_)));
+    if has_url && options.regenerate_interval.is_none() {
+        log::warn!(
+            "URL sources are fetched again only when a regeneration runs: set [serve] \
+             regenerate_interval_seconds (e.g. 3600) to follow the provider's changes"
+        );
     }
     Ok(inputs)
 }
@@ -392,6 +420,7 @@ pub(crate) mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::{PluginSnapshot, Snapshot};
+    use crate::inputs::{SourceReport, SourceStatus};
     use crate::pipeline::{PluginStats, RunStats, StageStats};
 
     pub(crate) fn snapshot() -> Snapshot {
@@ -434,6 +463,7 @@ pub(crate) mod tests {
                 },
             }],
             plugin_load_errors: Vec::new(),
+            stale_sources_total: [("provider \"b\"".to_string(), 2)].into(),
         }
     }
 
@@ -445,6 +475,32 @@ pub(crate) mod tests {
         assert_eq!(snapshot.status(), "ok");
         snapshot.plugin_load_errors.push("/p/x.wasm: bad".into());
         assert_eq!(snapshot.status(), "degraded");
+        snapshot.plugin_load_errors.clear();
+        let stale = SourceReport {
+            name: "provider".into(),
+            status: SourceStatus::Stale,
+            reason: Some("it is empty (0 bytes)".into()),
+            channels: Some(10),
+            copy_saved_unix: Some(1),
+        };
+        snapshot.last_run.as_mut().unwrap().sources = vec![stale.clone()];
+        assert_eq!(snapshot.status(), "degraded", "a stale source");
+        snapshot.last_run.as_mut().unwrap().sources[0].status = SourceStatus::Fresh;
+        assert_eq!(snapshot.status(), "ok");
         assert_eq!(Snapshot::default().status(), "ok");
+        snapshot.last_run.as_mut().unwrap().sources = vec![stale];
+        let metrics = crate::serve::render_metrics(&snapshot);
+        assert!(
+            metrics.contains("m3u_source_stale{source=\"provider\"} 1\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("m3u_source_stale_total{source=\"provider \\\"b\\\"\"} 2\n"),
+            "{metrics}"
+        );
+        let health: serde_json::Value =
+            serde_json::from_str(&crate::serve::render_health(&snapshot)).unwrap();
+        assert_eq!(health["stale_sources"][0], "provider");
+        assert_eq!(health["sources"][0]["reason"], "it is empty (0 bytes)");
     }
 }

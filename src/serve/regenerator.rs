@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{PluginSnapshot, ServeOptions, Shared, Snapshot, STOP_CHECK};
 use crate::config::Config;
-use crate::pipeline::{M3uSink, Pipeline, PluginSlot, PluginStats, RunStats, Source};
+use crate::inputs::{Inputs, SourceStatus};
+use crate::pipeline::{M3uSink, Pipeline, PluginSlot, PluginStats, RunStats};
 use crate::watch::{self, Stamps};
 use crate::Result;
 
@@ -19,13 +20,13 @@ const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// plugins are enabled with hot reload, the `*.wasm` and `*.sig` files of
 /// the plugin directory.
 pub(super) struct Watch {
-    inputs: Vec<PathBuf>,
+    inputs: Inputs,
     /// Set when plugins are enabled with hot reload.
     plugin_directory: Option<PathBuf>,
 }
 
 impl Watch {
-    pub(super) fn new(config: &Config, inputs: Vec<PathBuf>) -> Watch {
+    pub(super) fn new(config: &Config, inputs: Inputs) -> Watch {
         let plugins = &config.proxy_generation.wasm_plugins;
         let hot_reload = plugins.enabled && plugins.enable_hot_reload;
         Watch {
@@ -36,7 +37,7 @@ impl Watch {
 
     /// The current stamps of every watched file (a missing source as `None`).
     pub(super) fn stamps(&self) -> Stamps {
-        let mut stamps = watch::stamps(&self.inputs);
+        let mut stamps = watch::stamps(&self.inputs.files());
         if let Some(directory) = &self.plugin_directory {
             stamps.extend(
                 watch::directory_stamps(directory, &["wasm", "sig"])
@@ -95,22 +96,19 @@ impl Regenerator {
 
     /// One run into a fresh buffer.
     fn render(&mut self) -> Result<(Vec<u8>, RunStats)> {
-        let sources = self
-            .watch
-            .inputs
-            .iter()
-            .map(|path| Source::open(path))
-            .collect::<Result<Vec<Source>>>()?;
+        let (sources, reports) = self.watch.inputs.open()?;
         let capacity = self.snapshot.playlist_bytes as usize + 4096;
         let mut playlist = Vec::with_capacity(capacity);
-        let stats = self
+        let mut stats = self
             .pipeline
             .run(sources, &mut M3uSink::new(&mut playlist))?;
+        stats.sources = reports;
         Ok((playlist, stats))
     }
 
-    /// One attempt in the background: never panics out of the thread, never
-    /// replaces the playlist unless the run succeeded.
+    /// One attempt in the background: never panics out of the thread (in a
+    /// build that unwinds; the release CLI aborts on panic, see Cargo.toml),
+    /// never replaces the playlist unless the run succeeded.
     fn regenerate(&mut self, reason: &str) {
         log::info!("regenerating the playlist: {reason}");
         let started = Instant::now();
@@ -148,6 +146,14 @@ impl Regenerator {
             stats.channels_written,
             took.as_secs_f64() * 1e3
         );
+        for source in &stats.sources {
+            if source.status == SourceStatus::Stale {
+                *snapshot
+                    .stale_sources_total
+                    .entry(source.name.clone())
+                    .or_default() += 1;
+            }
+        }
         snapshot.last_run = Some(stats);
         self.publish();
     }

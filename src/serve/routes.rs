@@ -142,6 +142,11 @@ struct Health<'a> {
     memory_pressure: Option<&'a str>,
     plugin_load_errors: &'a [String],
     plugins: Vec<HealthPlugin<'a>>,
+    /// How the last successful run read each source (`stale` ones with the
+    /// reason: their last good copy was served).
+    sources: &'a [crate::inputs::SourceReport],
+    /// The names of the stale sources of the last successful run.
+    stale_sources: Vec<&'a str>,
 }
 
 /// One plugin in `/health`: every key of its [`PluginStats`] (the same as in
@@ -188,6 +193,12 @@ impl<'a> Health<'a> {
             memory_pressure: run.map(|r| r.memory_pressure.as_str()),
             plugin_load_errors: &snapshot.plugin_load_errors,
             plugins: snapshot.plugins.iter().map(HealthPlugin::of).collect(),
+            sources: run.map_or(&[], |r| r.sources.as_slice()),
+            stale_sources: snapshot
+                .stale_sources()
+                .into_iter()
+                .map(|source| source.name.as_str())
+                .collect(),
         }
     }
 }
@@ -249,6 +260,8 @@ mod tests {
             "memory_pressure",
             "plugin_load_errors",
             "plugins",
+            "sources",
+            "stale_sources",
         ] {
             assert!(json.get(key).is_some(), "/health lost `{key}`: {json:#}");
         }

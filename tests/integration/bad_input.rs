@@ -286,7 +286,7 @@ fn wrong_toml_is_refused_with_line_column_and_key() {
     let cases: [Case; 20] = [
         // unknown keys, anywhere
         ("[sourcse]\npath = \"x\"\n", (1, 2), Some("sourcse"), "unknown field `sourcse`, expected one of"),
-        ("[[sources]]\npaht = \"a.m3u\"\n", (2, 1), Some("sources[0].paht"), "expected `name` or `path`"),
+        ("[[sources]]\npaht = \"a.m3u\"\n", (2, 1), Some("sources[0].paht"), "expected one of `name`, `path`, `url`"),
         (
             "[proxy_generation.wasm_plugins.fallbacks]\nmax_plugin_failure = 3\n",
             (2, 1),

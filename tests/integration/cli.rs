@@ -414,7 +414,18 @@ fn concurrent_runs_to_one_output_each_write_their_own_temporary_file() {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort_unstable();
-    assert_eq!(names, ["alone.m3u", "c.toml", "out.m3u", "reference"]);
+    // (`*.last-good` hold the source's last good copy, src/inputs.)
+    assert_eq!(
+        names,
+        [
+            "alone.m3u",
+            "alone.m3u.last-good",
+            "c.toml",
+            "out.m3u",
+            "out.m3u.last-good",
+            "reference"
+        ]
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&shared), mode(&reference));

@@ -158,3 +158,15 @@ pub fn idle_files(pipeline: &m3u_plugin_host::pipeline::Pipeline) -> Vec<String>
     files.sort_unstable();
     files
 }
+
+/// Writes `bytes` to `path` in place (truncate, then write) and sets its
+/// modification time to `mtime`.
+pub fn write_with_mtime(path: &Path, bytes: &[u8], mtime: std::time::SystemTime) {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}

@@ -7,6 +7,7 @@ pub mod config_at_init;
 pub mod derived_playlist;
 pub mod fuzz_regressions;
 pub mod hostile;
+pub mod http_sources;
 pub mod layout;
 pub mod memory_limits;
 pub mod operations;

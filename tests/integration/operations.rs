@@ -46,14 +46,8 @@ fn run(pipeline: &mut Pipeline, playlist: &str) -> (Vec<OwnedChannel>, RunStats)
 /// Replaces `path` the way a careless deploy does (truncate, then write),
 /// with an mtime of its own so every version is noticed.
 fn replace(path: &Path, bytes: &[u8], version: u64) {
-    std::fs::write(path, bytes).unwrap();
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + version);
-    std::fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    super::common::write_with_mtime(path, bytes, mtime);
 }
 
 #[test]

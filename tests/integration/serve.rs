@@ -84,7 +84,11 @@ fn start() -> (Server, PathBuf) {
 }
 
 /// One HTTP/1.1 request with std only: status, headers (lowercase names), body.
-fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+pub(crate) fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -124,7 +128,7 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, Vec<(String, Str
     (status, headers, body)
 }
 
-fn get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
     request(addr, "GET", path)
 }
 

@@ -114,7 +114,9 @@ fn a_full_spill_disk_fails_the_run_without_touching_the_playlist() {
         std::fs::read_to_string(&output).unwrap(),
         "#EXTM3U\nthe previous playlist\n"
     );
-    assert_eq!(entries_in(&dir).len(), 3, "{:?}", entries_in(&dir));
+    // The three files and the source's last good copy (src/inputs).
+    assert_eq!(entries_in(&dir).len(), 4, "{:?}", entries_in(&dir));
+    assert!(dir.join("playlist.m3u.last-good").is_dir());
     assert!(entries_in(&spill).is_empty(), "{:?}", entries_in(&spill));
 }
 
