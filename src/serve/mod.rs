@@ -42,8 +42,9 @@
 //!   state only; they never wait for a generation.
 //!
 //! **Atomic swap.** A generation renders the whole playlist into a fresh
-//! `Vec<u8>`. Only when the run succeeded is that buffer put behind the shared
-//! `RwLock<Option<Arc<Vec<u8>>>>`, replacing the previous `Arc` in one store;
+//! `Vec<u8>`. Only when the run succeeded is that buffer (with its gzip
+//! copy, `ETag` and `Last-Modified`, see `served.rs`) put behind the shared
+//! `RwLock<Option<Arc<Served>>>`, replacing the previous `Arc` in one store;
 //! a request clones the `Arc` under the read lock and streams it without
 //! holding the lock. So a client always receives one complete playlist —
 //! never a half-written one, never a mix of two. When a run fails, the previous
@@ -58,11 +59,15 @@
 //! being served.
 //!
 //! **Endpoints.** `GET /playlist.m3u` (`audio/x-mpegurl`; 503 until the first
-//! success, which [`Server::start`] already waits for), `GET /health` (JSON,
+//! success, which [`Server::start`] already waits for; `ETag` from the
+//! content, `Last-Modified` from when that content first appeared, 304 for a
+//! matching `If-None-Match` or `If-Modified-Since`, the gzip copy for
+//! `Accept-Encoding: gzip`), `GET /health` (JSON,
 //! always 200; `status` is `"degraded"` when the last generation failed, a
 //! plugin circuit is open or a plugin file on disk failed to load) and
 //! `GET /metrics` (Prometheus text format 0.0.4, see [`render_metrics`]).
-//! Other paths answer 404, other methods 405.
+//! `HEAD` is answered like `GET` without the body. Other paths answer 404,
+//! other methods 405.
 //!
 //! **Shutdown.** A stop flag is checked by the regeneration thread between
 //! sleeps of at most [`STOP_CHECK`] and by the HTTP workers, which wait for
@@ -74,6 +79,7 @@
 mod metrics;
 mod regenerator;
 mod routes;
+mod served;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,6 +96,7 @@ use crate::{Error, Result};
 pub use metrics::render_metrics;
 use regenerator::{Regenerator, Watch};
 pub use routes::render_health;
+use served::Served;
 
 /// Number of HTTP worker threads taking requests from the listener.
 pub const HTTP_WORKERS: usize = 4;
@@ -212,7 +219,7 @@ pub struct PluginSnapshot {
 #[derive(Default)]
 struct Shared {
     /// The playlist being served; replaced whole, only after a successful run.
-    playlist: RwLock<Option<Arc<Vec<u8>>>>,
+    playlist: RwLock<Option<Arc<Served>>>,
     /// The latest snapshot.
     snapshot: RwLock<Arc<Snapshot>>,
     /// Set once by shutdown.
@@ -220,7 +227,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn playlist(&self) -> Option<Arc<Vec<u8>>> {
+    fn playlist(&self) -> Option<Arc<Served>> {
         self.playlist
             .read()
             .unwrap_or_else(PoisonError::into_inner)

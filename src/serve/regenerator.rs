@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{PluginSnapshot, ServeOptions, Shared, Snapshot, STOP_CHECK};
+use super::{PluginSnapshot, ServeOptions, Served, Shared, Snapshot, STOP_CHECK};
 use crate::config::Config;
 use crate::inputs::{Inputs, SourceStatus};
 use crate::pipeline::{M3uSink, Pipeline, PluginSlot, PluginStats, RunStats};
@@ -129,12 +129,14 @@ impl Regenerator {
 
     fn record_success(&mut self, playlist: Vec<u8>, stats: RunStats, took: Duration) {
         let bytes = playlist.len() as u64;
-        // The swap: one store of a complete buffer.
+        // The gzip copy and the validators, then the swap: one store of a
+        // complete generation.
+        let served = Served::new(playlist, self.shared.playlist().as_deref());
         *self
             .shared
             .playlist
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(playlist));
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(served));
         let snapshot = &mut self.snapshot;
         snapshot.generations += 1;
         snapshot.last_generation_failed = false;

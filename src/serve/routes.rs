@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{render_metrics, PluginSnapshot, Shared, Snapshot, STOP_CHECK};
+use super::{render_metrics, PluginSnapshot, Served, Shared, Snapshot, STOP_CHECK};
 use crate::pipeline::PluginStats;
 
 /// Takes requests until the stop flag is set.
@@ -15,7 +15,7 @@ pub(super) fn http_worker(http: &tiny_http::Server, shared: &Shared) {
     while !shared.stopped() {
         match http.recv_timeout(STOP_CHECK) {
             Ok(Some(request)) => {
-                let reply = route(request.method(), request.url(), shared);
+                let reply = route(&Asked::of(&request), shared);
                 log::debug!("{} {} -> {}", request.method(), request.url(), reply.status);
                 if let Err(error) = request.respond(reply.into_response()) {
                     log::debug!("could not send a response: {error}");
@@ -30,16 +30,63 @@ pub(super) fn http_worker(http: &tiny_http::Server, shared: &Shared) {
     }
 }
 
-/// A response body: the shared playlist without copying it, or owned bytes.
+/// What a request asks, as far as routing cares.
+struct Asked<'a> {
+    method: &'a tiny_http::Method,
+    url: &'a str,
+    if_none_match: Option<&'a str>,
+    if_modified_since: Option<&'a str>,
+    /// `Accept-Encoding` lists gzip (with a non-zero q).
+    accepts_gzip: bool,
+}
+
+impl<'a> Asked<'a> {
+    fn of(request: &'a tiny_http::Request) -> Asked<'a> {
+        let header = |name: &'static str| {
+            request
+                .headers()
+                .iter()
+                .find(|header| header.field.equiv(name))
+                .map(|header| header.value.as_str())
+        };
+        Asked {
+            method: request.method(),
+            url: request.url(),
+            if_none_match: header("If-None-Match"),
+            if_modified_since: header("If-Modified-Since"),
+            accepts_gzip: header("Accept-Encoding").is_some_and(accepts_gzip),
+        }
+    }
+}
+
+/// `gzip` in an `Accept-Encoding` list, not refused with `q=0`.
+fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or("");
+        let refused = parts.any(|parameter| {
+            parameter
+                .strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+    })
+}
+
+/// A response body: a shared generation's bytes (plain or gzip) without
+/// copying them, or owned bytes.
 enum Body {
-    Playlist(Arc<Vec<u8>>),
+    Plain(Arc<Served>),
+    Gzip(Arc<Served>),
     Owned(Vec<u8>),
 }
 
 impl AsRef<[u8]> for Body {
     fn as_ref(&self) -> &[u8] {
         match self {
-            Body::Playlist(bytes) => bytes,
+            Body::Plain(served) => &served.plain,
+            Body::Gzip(served) => &served.gzip,
             Body::Owned(bytes) => bytes,
         }
     }
@@ -51,16 +98,50 @@ struct Reply {
     content_type: &'static str,
     body: Body,
     allow_get: bool,
+    /// Further headers (validators, encoding).
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
     fn text(status: u16, message: &str) -> Reply {
+        Reply::of(
+            status,
+            "text/plain; charset=utf-8",
+            Body::Owned(format!("{message}\n").into_bytes()),
+        )
+    }
+
+    fn of(status: u16, content_type: &'static str, body: Body) -> Reply {
         Reply {
             status,
-            content_type: "text/plain; charset=utf-8",
-            body: Body::Owned(format!("{message}\n").into_bytes()),
+            content_type,
+            body,
             allow_get: false,
+            headers: Vec::new(),
         }
+    }
+
+    /// The playlist: 304 when the client has it, gzip when it takes it.
+    fn playlist(served: Arc<Served>, asked: &Asked<'_>) -> Reply {
+        let mut headers = vec![
+            ("ETag", served.etag.clone()),
+            ("Last-Modified", served.last_modified.clone()),
+            ("Vary", "Accept-Encoding".to_string()),
+        ];
+        if served.not_modified(asked.if_none_match, asked.if_modified_since) {
+            let mut reply = Reply::of(304, "audio/x-mpegurl", Body::Owned(Vec::new()));
+            reply.headers = headers;
+            return reply;
+        }
+        let body = if asked.accepts_gzip && !served.gzip.is_empty() {
+            headers.push(("Content-Encoding", "gzip".to_string()));
+            Body::Gzip(served)
+        } else {
+            Body::Plain(served)
+        };
+        let mut reply = Reply::of(200, "audio/x-mpegurl", body);
+        reply.headers = headers;
+        reply
     }
 
     fn into_response(self) -> tiny_http::Response<Cursor<Body>> {
@@ -73,7 +154,10 @@ impl Reply {
             header("Cache-Control", "no-cache"),
         ];
         if self.allow_get {
-            headers.push(header("Allow", "GET"));
+            headers.push(header("Allow", "GET, HEAD"));
+        }
+        for (name, value) in &self.headers {
+            headers.push(header(name, value));
         }
         let length = self.body.as_ref().len();
         tiny_http::Response::new(
@@ -88,39 +172,37 @@ impl Reply {
     }
 }
 
-/// Answers one request from the shared state.
-fn route(method: &tiny_http::Method, url: &str, shared: &Shared) -> Reply {
+/// Answers one request from the shared state. `HEAD` is answered like
+/// `GET` (tiny_http sends the headers without the body).
+fn route(asked: &Asked<'_>, shared: &Shared) -> Reply {
+    let url = asked.url;
     let path = url.split(['?', '#']).next().unwrap_or(url);
     if !matches!(path, "/playlist.m3u" | "/health" | "/metrics") {
         return Reply::text(404, "not found: try /playlist.m3u, /health or /metrics");
     }
-    if *method != tiny_http::Method::Get {
-        let mut reply = Reply::text(405, "method not allowed: use GET");
+    if !matches!(
+        asked.method,
+        tiny_http::Method::Get | tiny_http::Method::Head
+    ) {
+        let mut reply = Reply::text(405, "method not allowed: use GET or HEAD");
         reply.allow_get = true;
         return reply;
     }
     match path {
         "/playlist.m3u" => match shared.playlist() {
-            Some(playlist) => Reply {
-                status: 200,
-                content_type: "audio/x-mpegurl",
-                body: Body::Playlist(playlist),
-                allow_get: false,
-            },
+            Some(served) => Reply::playlist(served, asked),
             None => Reply::text(503, "the playlist has not been generated yet"),
         },
-        "/health" => Reply {
-            status: 200,
-            content_type: "application/json",
-            body: Body::Owned(render_health(&shared.snapshot()).into_bytes()),
-            allow_get: false,
-        },
-        _ => Reply {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: Body::Owned(render_metrics(&shared.snapshot()).into_bytes()),
-            allow_get: false,
-        },
+        "/health" => Reply::of(
+            200,
+            "application/json",
+            Body::Owned(render_health(&shared.snapshot()).into_bytes()),
+        ),
+        _ => Reply::of(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Body::Owned(render_metrics(&shared.snapshot()).into_bytes()),
+        ),
     }
 }
 
@@ -220,19 +302,39 @@ mod tests {
     fn routes_answer_404_405_and_503_before_the_first_playlist() {
         let shared = Shared::default();
         let get = tiny_http::Method::Get;
-        assert_eq!(route(&get, "/playlist.m3u", &shared).status, 503);
-        assert_eq!(route(&get, "/nope", &shared).status, 404);
-        assert_eq!(route(&get, "/", &shared).status, 404);
-        let post = route(&tiny_http::Method::Post, "/playlist.m3u", &shared);
+        let ask = |method, url| Asked {
+            method,
+            url,
+            if_none_match: None,
+            if_modified_since: None,
+            accepts_gzip: false,
+        };
+        assert_eq!(route(&ask(&get, "/playlist.m3u"), &shared).status, 503);
+        assert_eq!(route(&ask(&get, "/nope"), &shared).status, 404);
+        assert_eq!(route(&ask(&get, "/"), &shared).status, 404);
+        let post = route(&ask(&tiny_http::Method::Post, "/playlist.m3u"), &shared);
         assert_eq!((post.status, post.allow_get), (405, true));
-        *shared.playlist.write().unwrap() = Some(Arc::new(b"#EXTM3U\n".to_vec()));
-        let reply = route(&get, "/playlist.m3u?x=1", &shared);
+        *shared.playlist.write().unwrap() =
+            Some(Arc::new(Served::new(b"#EXTM3U\n".to_vec(), None)));
+        let reply = route(&ask(&get, "/playlist.m3u?x=1"), &shared);
         assert_eq!((reply.status, reply.content_type), (200, "audio/x-mpegurl"));
         assert_eq!(reply.body.as_ref(), b"#EXTM3U\n");
-        let health = route(&get, "/health", &shared);
+        let head = route(&ask(&tiny_http::Method::Head, "/playlist.m3u"), &shared);
+        assert_eq!((head.status, head.headers.len()), (200, 3), "HEAD as GET");
+        let health = route(&ask(&get, "/health"), &shared);
         let json: serde_json::Value = serde_json::from_slice(health.body.as_ref()).unwrap();
         assert_eq!(json["status"], "ok");
         assert_eq!(json["generations"], 0);
+    }
+
+    #[test]
+    fn accept_encoding_is_read_with_its_q_values() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, GZIP;q=0.5"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("br, deflate"));
+        assert!(!accepts_gzip(""));
     }
 
     #[test]

@@ -484,7 +484,7 @@ fn unknown_paths_and_methods_are_refused_and_shutdown_is_prompt() {
     assert_eq!(get(addr, "/playlist.m3u/extra").0, 404);
     let (status, headers, _) = request(addr, "POST", "/playlist.m3u");
     assert_eq!(status, 405);
-    assert_eq!(header(&headers, "allow"), Some("GET"));
+    assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
     assert_eq!(request(addr, "DELETE", "/health").0, 405);
     assert_eq!(get(addr, "/playlist.m3u?refresh=1").0, 200);
 
@@ -500,4 +500,165 @@ fn unknown_paths_and_methods_are_refused_and_shutdown_is_prompt() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(plugins);
+}
+
+/// curl, the real HTTP client the endpoint is checked with.
+fn curl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("curl: {e}; install it (apt-get install curl)"))
+}
+
+/// `curl -D -` header lines, lowercase names.
+fn curl_headers(output: &std::process::Output) -> (u16, Vec<(String, String)>) {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+#[test]
+fn the_playlist_answers_head_304_and_gzip_to_curl() {
+    let (server, plugins) = start();
+    let url = format!("http://{}/playlist.m3u", server.local_addr());
+    let plain = playlist(server.local_addr());
+    assert!(entries(&plain) >= ENTRIES - 10);
+
+    // HEAD: the headers of GET, no body.
+    let head = curl(&["-I", &url]);
+    let (status, headers) = curl_headers(&head);
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-length"),
+        Some(plain.len().to_string().as_str())
+    );
+    let etag = header(&headers, "etag").expect("ETag").to_string();
+    let modified = header(&headers, "last-modified")
+        .expect("Last-Modified")
+        .to_string();
+    assert_eq!(header(&headers, "content-type"), Some("audio/x-mpegurl"));
+
+    // Conditional requests: 304 without a body.
+    for validator in [
+        format!("If-None-Match: {etag}"),
+        format!("If-Modified-Since: {modified}"),
+    ] {
+        let out = curl(&["-D", "-", "-o", "/dev/null", "-H", &validator, &url]);
+        let (status, headers) = curl_headers(&out);
+        assert_eq!(status, 304, "{validator}");
+        assert_eq!(header(&headers, "etag"), Some(etag.as_str()));
+    }
+    let stale = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "If-None-Match: \"old\"",
+        &url,
+    ]);
+    assert_eq!(curl_headers(&stale).0, 200);
+
+    // gzip for a client that takes it, decoded by curl to the same bytes.
+    let dir = scratch_dir("curl");
+    let body = dir.join("body");
+    let gzipped = curl(&[
+        "--compressed",
+        "-D",
+        "-",
+        "-o",
+        body.to_str().unwrap(),
+        &url,
+    ]);
+    let (status, headers) = curl_headers(&gzipped);
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-encoding"), Some("gzip"));
+    let compressed_length: usize = header(&headers, "content-length").unwrap().parse().unwrap();
+    assert!(
+        compressed_length * 3 < plain.len(),
+        "{compressed_length} of {}",
+        plain.len()
+    );
+    assert_eq!(std::fs::read(&body).unwrap(), plain);
+    // Without Accept-Encoding: plain.
+    let identity = curl(&["-D", "-", "-o", body.to_str().unwrap(), &url]);
+    assert_eq!(header(&curl_headers(&identity).1, "content-encoding"), None);
+    assert_eq!(std::fs::read(&body).unwrap(), plain);
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(plugins);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn many_clients_during_regenerations_get_only_complete_playlists() {
+    let dir = scratch_dir("load");
+    let source = dir.join("provider.m3u");
+    let full = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(PLAYLIST)).unwrap();
+    let last_entry = full.windows(7).rposition(|w| w == b"#EXTINF").unwrap();
+    let versions = [full.clone(), full[..last_entry].to_vec()];
+    let counts = [entries(&versions[0]), entries(&versions[1])];
+    std::fs::write(&source, &versions[0]).unwrap();
+    let text = format!(
+        "[memory]\nforce_level = \"optimal\"\n[proxy_generation.wasm_plugins]\nenabled = false\n\
+         [[sources]]\nname = \"local\"\npath = {:?}\n[last_good]\ndirectory = {:?}\nsettle_ms = 20\n",
+        source.display().to_string(),
+        dir.join("last-good").display().to_string()
+    );
+    let config = Config::from_toml(&text).unwrap();
+    let options = ServeOptions {
+        inputs: Vec::new(),
+        listen: "127.0.0.1:0".into(),
+        regenerate_interval: None,
+        watch_interval: Duration::from_millis(20),
+    };
+    let server = Server::start(config, options).unwrap();
+    let addr = server.local_addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut fetched = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // `request` checks the body against Content-Length.
+                    let (status, _, body) = get(addr, "/playlist.m3u");
+                    assert_eq!(status, 200);
+                    let n = entries(&body);
+                    assert!(counts.contains(&n), "a playlist of {n} entries: {counts:?}");
+                    assert!(body.ends_with(b"\n"));
+                    fetched += 1;
+                }
+                fetched
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut swaps = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        swaps += 1;
+        replace_file(&source, &versions[swaps % 2]);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fetched: u32 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let generations = server.snapshot().generations;
+    eprintln!("{fetched} fetches by 16 clients during {swaps} swaps, {generations} generations");
+    assert!(generations >= 3, "only {generations} generations");
+    assert!(fetched >= 16);
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn entries(playlist: &[u8]) -> usize {
+    playlist.windows(7).filter(|w| w == b"#EXTINF").count()
 }
