@@ -223,6 +223,9 @@ impl Config {
         if let Some(path) = &mut self.last_good.directory {
             resolve(path);
         }
+        if let Some(path) = &mut self.serve.logo_cache_directory {
+            resolve(path);
+        }
         self.base_directory = Some(base.to_path_buf());
         resolve(&mut self.proxy_generation.wasm_plugins.plugin_directory);
         if let Some(path) = &mut self.store.spill_directory {
@@ -254,6 +257,21 @@ impl Config {
                 parent.join(directory)
             }
             _ => base.join("last-good"),
+        })
+    }
+
+    /// Where `serve` keeps downloaded logos, if anywhere: `[serve]
+    /// logo_cache_directory`, by default `logo-cache/` beside the config
+    /// file; none with `logo_cache = false` or for a config built from text
+    /// without a directory.
+    pub fn logo_cache_directory(&self) -> Option<PathBuf> {
+        if !self.serve.logo_cache {
+            return None;
+        }
+        self.serve.logo_cache_directory.clone().or_else(|| {
+            self.base_directory
+                .as_ref()
+                .map(|base| base.join("logo-cache"))
         })
     }
 

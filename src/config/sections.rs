@@ -19,6 +19,23 @@ pub struct ServeConfig {
     /// How often sources and plugin files are checked for changes, in ms.
     #[serde(default = "default_watch_interval")]
     pub watch_interval_ms: u64,
+    /// Serve `/logos/{sha256}` (the URLs `logo_mapper`'s `rewrite_logos`
+    /// makes) from a cache of downloaded logos.
+    #[serde(default = "super::pressure::default_true")]
+    pub logo_cache: bool,
+    /// Where logos are kept (default: `logo-cache/` beside the config file;
+    /// a configuration built in code keeps none and redirects every logo).
+    #[serde(default)]
+    pub logo_cache_directory: Option<PathBuf>,
+    /// Largest logo downloaded: `"1MB"`, or bytes.
+    #[serde(
+        default = "default_logo_max",
+        deserialize_with = "super::plugins::deserialize_size"
+    )]
+    pub logo_max_bytes: u64,
+    /// Logos downloaded at once.
+    #[serde(default = "default_logo_downloads")]
+    pub logo_downloads: usize,
 }
 
 impl Default for ServeConfig {
@@ -27,8 +44,20 @@ impl Default for ServeConfig {
             listen: default_listen(),
             regenerate_interval_seconds: 0,
             watch_interval_ms: default_watch_interval(),
+            logo_cache: true,
+            logo_cache_directory: None,
+            logo_max_bytes: default_logo_max(),
+            logo_downloads: default_logo_downloads(),
         }
     }
+}
+
+fn default_logo_max() -> u64 {
+    1 << 20
+}
+
+fn default_logo_downloads() -> usize {
+    4
 }
 
 fn default_listen() -> String {

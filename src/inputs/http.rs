@@ -295,6 +295,48 @@ impl<R: Read> Read for LimitedRead<R> {
     }
 }
 
+/// A small download in memory (a logo): the body and its `Content-Type`.
+/// No retries; redirects followed.
+///
+/// # Errors
+/// Why it failed; a body over `max_bytes`; never the URL's credentials.
+pub fn fetch_small(
+    url: &str,
+    max_bytes: u64,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<(Vec<u8>, String), String> {
+    let request = client::Request {
+        user_agent: DEFAULT_USER_AGENT,
+        headers: Vec::new(),
+        connect_timeout,
+        read_timeout,
+        max_redirects: 5,
+    };
+    let message = |failure: Failure| match failure {
+        Failure::Retry(message) | Failure::Final(message) => message,
+    };
+    let response = client::get(url, &request).map_err(message)?;
+    if !(200..300).contains(&response.status) {
+        return Err(format!(
+            "the server answered HTTP {} {}",
+            response.status, response.reason
+        ));
+    }
+    let kind = response.header("content-type").unwrap_or("").to_string();
+    let mut body = Vec::new();
+    LimitedRead {
+        inner: response.body,
+        left: max_bytes,
+    }
+    .read_to_end(&mut body)
+    .map_err(|error| match error.kind() {
+        std::io::ErrorKind::FileTooLarge => format!("larger than {max_bytes} bytes"),
+        _ => format!("the download broke off: {error}"),
+    })?;
+    Ok((body, kind))
+}
+
 #[cfg(test)]
 mod tests {
     use super::mask_url;

@@ -42,7 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 pub use check::{judge, Check, Scanner};
-pub use http::{mask_url, DEFAULT_USER_AGENT};
+pub use http::{fetch_small, mask_url, DEFAULT_USER_AGENT};
 
 use crate::config::{Config, SourceConfig};
 use crate::pipeline::Source;
@@ -310,6 +310,31 @@ impl Inputs {
             .filter_map(|spec| match &spec.location {
                 Location::File(path) => Some(path.clone()),
                 _ => None,
+            })
+            .collect()
+    }
+
+    /// The files the last run read, to be read again (for the logos they
+    /// name): each source's last good copy, or the file itself when no
+    /// copies are kept; URLs without a copy and stdin are left out.
+    pub fn read_paths(&self) -> Vec<PathBuf> {
+        let store = self
+            .protection
+            .as_ref()
+            .and_then(|protection| protection.store.as_ref());
+        self.specs
+            .iter()
+            .filter_map(|spec| {
+                let copy = store.and_then(|store| {
+                    store
+                        .previous(&last_good::key(&spec.name, &spec.identity()))
+                        .map(|previous| previous.path)
+                });
+                match &spec.location {
+                    Location::File(path) => Some(copy.unwrap_or_else(|| path.clone())),
+                    Location::Url(_) => copy,
+                    Location::Stdin => None,
+                }
             })
             .collect()
     }

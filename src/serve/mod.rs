@@ -13,6 +13,9 @@
 //!   ([`render_health`]).
 //! - `metrics.rs`: the Prometheus exposition of `/metrics`
 //!   ([`render_metrics`]).
+//! - `served.rs`: one generation as served (gzip copy, `ETag`,
+//!   `Last-Modified`, conditional requests).
+//! - `logos.rs`: the logo cache of `/logos/{sha256}`.
 //!
 //! File stamps and change descriptions come from [`crate::watch`]; the
 //! per-plugin figures are the pipeline's [`PluginStats`].
@@ -66,8 +69,10 @@
 //! always 200; `status` is `"degraded"` when the last generation failed, a
 //! plugin circuit is open or a plugin file on disk failed to load) and
 //! `GET /metrics` (Prometheus text format 0.0.4, see [`render_metrics`]).
-//! `HEAD` is answered like `GET` without the body. Other paths answer 404,
-//! other methods 405.
+//! `GET /logos/{sha256}` serves the logo cache (`logos.rs`: downloaded by
+//! `[serve] logo_downloads` worker threads after each generation, 302 to the
+//! original URL until then or when refused). `HEAD` is answered like `GET`
+//! without the body. Other paths answer 404, other methods 405.
 //!
 //! **Shutdown.** A stop flag is checked by the regeneration thread between
 //! sleeps of at most [`STOP_CHECK`] and by the HTTP workers, which wait for
@@ -76,6 +81,7 @@
 //! is running is allowed to finish first (plugin calls are bounded by fuel and
 //! `timeout_seconds`).
 
+mod logos;
 mod metrics;
 mod regenerator;
 mod routes;
@@ -220,6 +226,8 @@ pub struct PluginSnapshot {
 struct Shared {
     /// The playlist being served; replaced whole, only after a successful run.
     playlist: RwLock<Option<Arc<Served>>>,
+    /// `/logos/{sha256}`: the logos of the playlist being served.
+    logos: Option<logos::LogoCache>,
     /// The latest snapshot.
     snapshot: RwLock<Arc<Snapshot>>,
     /// Set once by shutdown.
@@ -280,7 +288,14 @@ impl Server {
         // load or generation still triggers a regeneration.
         let stamps = watch.stamps();
 
-        let shared = Arc::new(Shared::default());
+        let logo_cache = config.serve.logo_cache.then(|| {
+            logos::LogoCache::new(config.logo_cache_directory(), config.serve.logo_max_bytes)
+        });
+        let shared = Arc::new(Shared {
+            logos: logo_cache,
+            ..Shared::default()
+        });
+        let logo_downloads = config.serve.logo_downloads.max(1);
         let pipeline = Pipeline::new(config)?;
         let mut regenerator = Regenerator::new(pipeline, watch, &options, Arc::clone(&shared));
         regenerator.first_generation()?;
@@ -312,6 +327,24 @@ impl Server {
                 .spawn(move || routes::http_worker(&http, &shared))
                 .map_err(|error| Error::io("thread m3u-http", error))?;
             server.threads.push(handle);
+        }
+        if shared
+            .logos
+            .as_ref()
+            .is_some_and(logos::LogoCache::downloads)
+        {
+            for index in 0..logo_downloads {
+                let shared = Arc::clone(&shared);
+                let handle = std::thread::Builder::new()
+                    .name(format!("m3u-logos-{index}"))
+                    .spawn(move || {
+                        if let Some(logos) = &shared.logos {
+                            logos.work(&|| shared.stopped());
+                        }
+                    })
+                    .map_err(|error| Error::io("thread m3u-logos", error))?;
+                server.threads.push(handle);
+            }
         }
         let handle = std::thread::Builder::new()
             .name("m3u-regenerate".into())

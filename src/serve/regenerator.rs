@@ -2,6 +2,7 @@
 //! generation into a fresh buffer, the atomic swap of the served playlist and
 //! publishing the [`Snapshot`] after every attempt.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -129,6 +130,7 @@ impl Regenerator {
 
     fn record_success(&mut self, playlist: Vec<u8>, stats: RunStats, took: Duration) {
         let bytes = playlist.len() as u64;
+        self.update_logos(&playlist);
         // The gzip copy and the validators, then the swap: one store of a
         // complete generation.
         let served = Served::new(playlist, self.shared.playlist().as_deref());
@@ -158,6 +160,22 @@ impl Regenerator {
         }
         snapshot.last_run = Some(stats);
         self.publish();
+    }
+
+    /// Tells the logo cache which logos the new playlist refers to.
+    fn update_logos(&self, playlist: &[u8]) {
+        let Some(logos) = &self.shared.logos else {
+            return;
+        };
+        let settings: Vec<String> = self
+            .pipeline
+            .config()
+            .plugin_settings()
+            .into_values()
+            .flat_map(BTreeMap::into_values)
+            .collect();
+        let inputs = self.watch.inputs.read_paths();
+        logos.update(super::logos::referenced_logos(playlist, &inputs, &settings));
     }
 
     fn record_failure(&mut self, error: String) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::logos::Logo;
 use super::{render_metrics, PluginSnapshot, Served, Shared, Snapshot, STOP_CHECK};
 use crate::pipeline::PluginStats;
 
@@ -95,7 +96,7 @@ impl AsRef<[u8]> for Body {
 /// What a request is answered with.
 struct Reply {
     status: u16,
-    content_type: &'static str,
+    content_type: String,
     body: Body,
     allow_get: bool,
     /// Further headers (validators, encoding).
@@ -111,10 +112,10 @@ impl Reply {
         )
     }
 
-    fn of(status: u16, content_type: &'static str, body: Body) -> Reply {
+    fn of(status: u16, content_type: &str, body: Body) -> Reply {
         Reply {
             status,
-            content_type,
+            content_type: content_type.to_string(),
             body,
             allow_get: false,
             headers: Vec::new(),
@@ -145,20 +146,27 @@ impl Reply {
     }
 
     fn into_response(self) -> tiny_http::Response<Cursor<Body>> {
+        // Values can come from elsewhere (a logo's URL and content type):
+        // bytes outside visible ASCII are percent-encoded, and a header
+        // tiny_http still refuses is left out rather than sent broken.
         let header = |name: &str, value: &str| {
-            tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-                .expect("static header names and values are valid")
+            tiny_http::Header::from_bytes(name.as_bytes(), visible_ascii(value).as_bytes()).ok()
         };
-        let mut headers = vec![
-            header("Content-Type", self.content_type),
-            header("Cache-Control", "no-cache"),
-        ];
+        let mut headers = vec![header("Content-Type", &self.content_type)];
+        if !self
+            .headers
+            .iter()
+            .any(|(name, _)| *name == "Cache-Control")
+        {
+            headers.push(header("Cache-Control", "no-cache"));
+        }
         if self.allow_get {
             headers.push(header("Allow", "GET, HEAD"));
         }
         for (name, value) in &self.headers {
             headers.push(header(name, value));
         }
+        let headers: Vec<tiny_http::Header> = headers.into_iter().flatten().collect();
         let length = self.body.as_ref().len();
         tiny_http::Response::new(
             tiny_http::StatusCode(self.status),
@@ -172,11 +180,30 @@ impl Reply {
     }
 }
 
+/// `value` with every byte outside visible ASCII (and space) as `%XX`.
+fn visible_ascii(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.bytes().all(|byte| (b' '..=b'~').contains(&byte)) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut encoded = String::with_capacity(value.len() + 16);
+    for byte in value.bytes() {
+        if (b' '..=b'~').contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(encoded)
+}
+
 /// Answers one request from the shared state. `HEAD` is answered like
 /// `GET` (tiny_http sends the headers without the body).
 fn route(asked: &Asked<'_>, shared: &Shared) -> Reply {
     let url = asked.url;
     let path = url.split(['?', '#']).next().unwrap_or(url);
+    if let Some(hash) = path.strip_prefix("/logos/") {
+        return logo(hash, shared);
+    }
     if !matches!(path, "/playlist.m3u" | "/health" | "/metrics") {
         return Reply::text(404, "not found: try /playlist.m3u, /health or /metrics");
     }
@@ -203,6 +230,27 @@ fn route(asked: &Asked<'_>, shared: &Shared) -> Reply {
             "text/plain; version=0.0.4; charset=utf-8",
             Body::Owned(render_metrics(&shared.snapshot()).into_bytes()),
         ),
+    }
+}
+
+/// `/logos/{sha256}`: the cached logo, or a redirect to the original.
+fn logo(hash: &str, shared: &Shared) -> Reply {
+    let answer = shared
+        .logos
+        .as_ref()
+        .map_or(Logo::Unknown, |logos| logos.answer(hash));
+    match answer {
+        Logo::Cached(bytes, kind) => {
+            let mut reply = Reply::of(200, &kind, Body::Owned(bytes));
+            reply.headers = vec![("Cache-Control", "public, max-age=86400".to_string())];
+            reply
+        }
+        Logo::Redirect(url) => {
+            let mut reply = Reply::text(302, "the logo is not cached: see Location");
+            reply.headers = vec![("Location", url)];
+            reply
+        }
+        Logo::Unknown => Reply::text(404, "no logo of the playlist has this hash"),
     }
 }
 
@@ -317,7 +365,10 @@ mod tests {
         *shared.playlist.write().unwrap() =
             Some(Arc::new(Served::new(b"#EXTM3U\n".to_vec(), None)));
         let reply = route(&ask(&get, "/playlist.m3u?x=1"), &shared);
-        assert_eq!((reply.status, reply.content_type), (200, "audio/x-mpegurl"));
+        assert_eq!(
+            (reply.status, reply.content_type.as_str()),
+            (200, "audio/x-mpegurl")
+        );
         assert_eq!(reply.body.as_ref(), b"#EXTM3U\n");
         let head = route(&ask(&tiny_http::Method::Head, "/playlist.m3u"), &shared);
         assert_eq!((head.status, head.headers.len()), (200, 3), "HEAD as GET");

@@ -22,6 +22,9 @@ use m3u_plugin_host::pipeline::{M3uSink, Pipeline};
 
 const PLAYLIST: &str = "tests/fixtures/m3u/iptv-org-index-2021.m3u";
 
+/// The bytes the origin serves as a PNG logo.
+const LOGO: &[u8] = b"\x89PNG\r\n\x1a\n a tiny logo";
+
 fn playlist_bytes() -> Vec<u8> {
     std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(PLAYLIST)).unwrap()
 }
@@ -219,6 +222,18 @@ fn answer(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         "/flaky" if flaky > 0 => respond(&mut stream, "503 Service Unavailable", &[], b"busy"),
         "/flaky" => respond(&mut stream, "200 OK", &plain("\"f\""), &playlist),
         "/switch" => answer_switch(&mut stream, mode, &headers, &playlist),
+        "/logo.png" | "/table.png" => respond(
+            &mut stream,
+            "200 OK",
+            &[("Content-Type", "image/png".to_string())],
+            LOGO,
+        ),
+        "/notimage" => respond(
+            &mut stream,
+            "200 OK",
+            &[("Content-Type", "text/plain".to_string())],
+            b"not a logo",
+        ),
         _ => respond(&mut stream, "404 Not Found", &[], b"no such path"),
     }
 }
@@ -650,19 +665,14 @@ fn a_file_source_that_is_emptied_truncated_junk_or_still_being_written_is_not_us
 
 #[test]
 fn serve_keeps_every_channel_while_its_source_is_swapped_for_bad_versions() {
-    use m3u_plugin_host::serve::{ServeOptions, Server};
+    use m3u_plugin_host::serve::Server;
     let dir = scratch_dir("serve");
     let source = dir.join("provider.m3u");
     let playlist = playlist_bytes();
     let channels = entries(&playlist);
     rewrite(&source, &playlist, Duration::from_secs(60));
     let config = file_config(&source, &dir.join("last-good"));
-    let options = ServeOptions {
-        inputs: Vec::new(),
-        listen: "127.0.0.1:0".into(),
-        regenerate_interval: None,
-        watch_interval: Duration::from_millis(50),
-    };
+    let options = serve_options();
     let server = Server::start(config, options).unwrap();
     let addr = server.local_addr();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -729,5 +739,115 @@ fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
         }
         assert!(std::time::Instant::now() < deadline, "timed out waiting");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[test]
+fn serve_caches_the_logos_logo_mapper_points_at_and_redirects_the_rest() {
+    use m3u_plugin_host::serve::Server;
+    let origin = Origin::start();
+    let dir = scratch_dir("logos");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(
+        plugins.join("logo_mapper.wasm"),
+        super::common::example_plugin("logo_mapper.wasm").0,
+    )
+    .unwrap();
+    let logo = origin.url("/logo.png");
+    let table = origin.url("/table.png");
+    let not_image = origin.url("/notimage");
+    let source = dir.join("provider.m3u");
+    std::fs::write(
+        &source,
+        format!(
+            "#EXTM3U\n#EXTINF:-1 tvg-id=\"a\" tvg-logo=\"{logo}\",A\nhttp://a\n\
+             #EXTINF:-1 tvg-id=\"b\" tvg-logo=\"{not_image}\",B\nhttp://b\n\
+             #EXTINF:-1 tvg-id=\"table-id\" tvg-logo=\"\",C\nhttp://c\n"
+        ),
+    )
+    .unwrap();
+    let text = format!(
+        "[memory]\nforce_level = \"optimal\"\n[proxy]\nbase_url = \"http://proxy.example\"\n\
+         [[sources]]\nname = \"local\"\npath = {:?}\n[last_good]\ndirectory = {:?}\n\
+         [serve]\nlogo_cache_directory = {:?}\n\
+         [proxy_generation.wasm_plugins]\nplugin_directory = {:?}\n\
+         [proxy_generation.wasm_plugins.security]\n\
+         allowed_host_functions = [\"log\", \"read_channels\", \"write_channels\", \"get_config\"]\n\
+         [proxy_generation.wasm_plugins.strategies]\ndata_mapping = [\"logo_mapper\"]\n\
+         [plugins.logo_mapper]\nby_id = \"table-id | {table}\"\n",
+        source.display().to_string(),
+        dir.join("last-good").display().to_string(),
+        dir.join("logo-cache").display().to_string(),
+        plugins.display().to_string(),
+    );
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let options = serve_options();
+    let server = Server::start(config, options).unwrap();
+    let addr = server.local_addr();
+    let served = String::from_utf8(super::serve::get(addr, "/playlist.m3u").2).unwrap();
+    for url in [&logo, &not_image, &table] {
+        let path = format!("/logos/{}", sha256_hex(url));
+        assert!(served.contains(&path), "{url} not rewritten: {served}");
+    }
+
+    // The image is downloaded once and served from the cache.
+    let cached = wait_for(|| {
+        let (status, headers, body) =
+            super::serve::get(addr, &format!("/logos/{}", sha256_hex(&logo)));
+        (status == 200).then_some((headers, body))
+    });
+    assert_eq!(cached.1, LOGO);
+    assert!(
+        cached
+            .0
+            .contains(&("content-type".into(), "image/png".into())),
+        "{:?}",
+        cached.0
+    );
+    // The table's logo (never in the source) too.
+    wait_for(|| {
+        let status = super::serve::get(addr, &format!("/logos/{}", sha256_hex(&table))).0;
+        (status == 200).then_some(())
+    });
+    assert_eq!(origin.requests_to("/logo.png").len(), 1, "downloaded once");
+
+    // Not an image: redirected to where it is.
+    let (status, headers, _) =
+        super::serve::get(addr, &format!("/logos/{}", sha256_hex(&not_image)));
+    assert_eq!(status, 302);
+    assert!(
+        headers.contains(&("location".into(), not_image.clone())),
+        "{headers:?}"
+    );
+    wait_for(|| (!origin.requests_to("/notimage").is_empty()).then_some(()));
+    assert_eq!(
+        super::serve::get(addr, &format!("/logos/{}", sha256_hex(&not_image))).0,
+        302,
+        "still redirected after the download was refused"
+    );
+    assert_eq!(
+        super::serve::get(addr, &format!("/logos/{}", "0".repeat(64))).0,
+        404
+    );
+    assert_eq!(super::serve::get(addr, "/logos/nothex").0, 404);
+    server.shutdown();
+}
+
+/// `serve` on a free loopback port, the config's sources, a quick watch.
+fn serve_options() -> m3u_plugin_host::serve::ServeOptions {
+    m3u_plugin_host::serve::ServeOptions {
+        inputs: Vec::new(),
+        listen: "127.0.0.1:0".into(),
+        regenerate_interval: None,
+        watch_interval: Duration::from_millis(50),
     }
 }
