@@ -113,7 +113,7 @@ impl Target {
             host,
             port,
             path,
-            basic: userinfo.map(|userinfo| format!("Basic {}", base64(userinfo.as_bytes()))),
+            basic: userinfo.map(|userinfo| format!("Basic {}", base64(&percent_decode(userinfo)))),
         })
     }
 
@@ -505,6 +505,32 @@ impl<R: BufRead> Read for Chunked<R> {
     }
 }
 
+/// `%XX` escapes decoded (user info is written percent-encoded in URLs);
+/// a `%` not followed by two hex digits stays as it is.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            None => {
+                decoded.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    decoded
+}
+
 /// Standard base64 with padding (for Basic authentication).
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -586,6 +612,14 @@ mod tests {
             left: 3,
         };
         assert!(read(&mut short).is_err());
+    }
+
+    #[test]
+    fn user_info_is_percent_decoded() {
+        assert_eq!(percent_decode("u%40x:p%3Aw%"), b"u@x:p:w%");
+        let target = Target::parse("http://a%40b:c@h/").unwrap();
+        let expected = format!("Basic {}", base64(b"a@b:c"));
+        assert_eq!(target.basic.as_deref(), Some(expected.as_str()));
     }
 
     #[test]

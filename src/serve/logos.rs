@@ -181,16 +181,11 @@ fn hashes_in(playlist: &[u8]) -> HashSet<String> {
 
 /// Every `tvg-logo="…"` value of an M3U text.
 fn logo_values(playlist: &[u8]) -> impl Iterator<Item = &str> {
-    let finder = memchr::memmem::Finder::new(b"tvg-logo=\"");
-    finder
-        .find_iter(playlist)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .filter_map(move |at| {
-            let start = at + 10;
-            let end = start + memchr::memchr2(b'"', b'\n', playlist.get(start..)?)?;
-            std::str::from_utf8(&playlist[start..end]).ok()
-        })
+    memchr::memmem::find_iter(playlist, b"tvg-logo=\"").filter_map(move |at| {
+        let start = at + 10;
+        let end = start + memchr::memchr2(b'"', b'\n', playlist.get(start..)?)?;
+        std::str::from_utf8(&playlist[start..end]).ok()
+    })
 }
 
 /// The logos `playlist` refers to under `/logos/`, with the URLs they were
@@ -222,9 +217,18 @@ pub(super) fn referenced_logos(
         }
     }
     for path in inputs {
-        match std::fs::read(path) {
-            Ok(bytes) => logo_values(&bytes).for_each(|logo| consider(logo.trim())),
-            Err(error) => log::warn!("logo cache: cannot read {}: {error}", path.display()),
+        // Line by line: a source can be hundreds of MB.
+        let read = std::fs::File::open(path).and_then(|file| {
+            let mut reader = std::io::BufReader::with_capacity(256 << 10, file);
+            let mut line = Vec::new();
+            while std::io::BufRead::read_until(&mut reader, b'\n', &mut line)? > 0 {
+                logo_values(&line).for_each(|logo| consider(logo.trim()));
+                line.clear();
+            }
+            Ok(())
+        });
+        if let Err(error) = read {
+            log::warn!("logo cache: cannot read {}: {error}", path.display());
         }
     }
     found

@@ -643,9 +643,9 @@ fn a_file_source_that_is_emptied_truncated_junk_or_still_being_written_is_not_us
             .append(true)
             .open(&writer_path)
             .unwrap();
-        for _ in 0..40 {
+        for _ in 0..200 {
             file.write_all(b"#EXTINF:-1,More\nhttp://more\n").unwrap();
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     });
     std::thread::sleep(Duration::from_millis(30));
