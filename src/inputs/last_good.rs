@@ -85,6 +85,20 @@ impl Store {
         path.is_file().then_some(Previous { meta, path })
     }
 
+    /// Whether copies can be written: creates the directory and a
+    /// temporary file in it.
+    ///
+    /// # Errors
+    /// Why not, naming the directory.
+    pub fn writable(&self) -> Result<(), String> {
+        self.temporary().map(drop).map_err(|error| {
+            format!(
+                "cannot write in the last-good directory {}: {error}",
+                self.directory.display()
+            )
+        })
+    }
+
     /// A new temporary file in the directory, removed when dropped unless
     /// committed.
     ///

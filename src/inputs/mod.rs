@@ -356,8 +356,29 @@ impl Inputs {
     pub fn open(&self) -> Result<(Vec<Source>, Vec<SourceReport>)> {
         let mut sources = Vec::with_capacity(self.specs.len());
         let mut reports = Vec::with_capacity(self.specs.len());
+        // A last-good directory that cannot be written (a read-only place,
+        // a full disk) does not stop the run: sources are still checked,
+        // without copies, and the log says where and why.
+        let without_store;
+        let protection = match &self.protection {
+            Some(protection) => match protection.store.as_ref().map(Store::writable) {
+                Some(Err(error)) => {
+                    log::warn!(
+                        "no last good copies this run: {error}; sources are still checked, but \
+                         a bad one fails the run (set [last_good] directory to a writable place)"
+                    );
+                    without_store = Protection {
+                        store: None,
+                        ..*protection
+                    };
+                    Some(&without_store)
+                }
+                _ => Some(protection),
+            },
+            None => None,
+        };
         for spec in &self.specs {
-            let (source, report) = match (&self.protection, &spec.location) {
+            let (source, report) = match (protection, &spec.location) {
                 (Some(protection), Location::File(_) | Location::Url(_)) => {
                     protection.open(spec)?
                 }

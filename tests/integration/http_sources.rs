@@ -851,3 +851,28 @@ fn serve_options() -> m3u_plugin_host::serve::ServeOptions {
         watch_interval: Duration::from_millis(50),
     }
 }
+
+#[test]
+fn an_unwritable_last_good_directory_does_not_stop_the_run() {
+    let dir = scratch_dir("unwritable");
+    let source = dir.join("provider.m3u");
+    rewrite(&source, &playlist_bytes(), Duration::from_secs(60));
+    // Under a regular file: no directory can be made there, not even by root.
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let config = file_config(&source, &blocker.join("last-good"));
+    let (out, report) = run(&config).unwrap();
+    assert_eq!(
+        report.status,
+        SourceStatus::Fresh,
+        "checked in place: {report:?}"
+    );
+    assert_eq!(entries(&out), entries(&playlist_bytes()));
+    // Without copies a bad source has nothing to stand in for it.
+    rewrite(&source, b"", Duration::from_secs(30));
+    let error = run(&config).unwrap_err().to_string();
+    assert!(
+        error.contains("empty") && error.contains("no last good copy"),
+        "{error}"
+    );
+}
