@@ -29,6 +29,21 @@ fn playlist_bytes() -> Vec<u8> {
     std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(PLAYLIST)).unwrap()
 }
 
+/// The playlist gzip- and zlib-encoded, made once (slow in a debug build
+/// under qemu, where a request must not wait for it).
+fn encoded_playlist() -> (&'static [u8], &'static [u8]) {
+    static ENCODED: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    let (gzip, zlib) = ENCODED.get_or_init(|| {
+        let playlist = playlist_bytes();
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(&playlist).unwrap();
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        zlib.write_all(&playlist).unwrap();
+        (gzip.finish().unwrap(), zlib.finish().unwrap())
+    });
+    (gzip, zlib)
+}
+
 fn entries(bytes: &[u8]) -> usize {
     bytes.windows(7).filter(|w| w == b"#EXTINF").count()
 }
@@ -84,6 +99,7 @@ struct Origin {
 
 impl Origin {
     fn start() -> Origin {
+        encoded_playlist();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
@@ -172,17 +188,8 @@ fn answer(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     match route {
         "/plain" => respond(&mut stream, "200 OK", &plain("\"p\""), &playlist),
         "/gzip" | "/deflate" => {
-            let body = if route == "/gzip" {
-                let mut encoder =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                encoder.write_all(&playlist)?;
-                encoder.finish()?
-            } else {
-                let mut encoder =
-                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-                encoder.write_all(&playlist)?;
-                encoder.finish()?
-            };
+            let (gzip, zlib) = encoded_playlist();
+            let body = if route == "/gzip" { gzip } else { zlib };
             let mut headers = plain("\"z\"");
             headers.push(("Content-Encoding", route[1..].to_string()));
             respond(&mut stream, "200 OK", &headers, &body)
@@ -316,7 +323,7 @@ fn answer_switch(
             )?;
             stream.write_all(&playlist[..4096])?;
             stream.flush()?;
-            std::thread::sleep(Duration::from_secs(4));
+            std::thread::sleep(Duration::from_secs(12));
             Ok(())
         }
     }
@@ -342,7 +349,7 @@ fn config(url: &str, extra_source: &str, last_good: &Path) -> Config {
     let text = format!(
         "[memory]\nforce_level = \"optimal\"\n\
          [proxy_generation.wasm_plugins]\nenabled = false\n\
-         [[sources]]\nname = \"provider\"\nurl = {url:?}\n{retries}read_timeout_seconds = 1\n\
+         [[sources]]\nname = \"provider\"\nurl = {url:?}\n{retries}read_timeout_seconds = 5\n\
          retry_backoff_ms = 10\n{extra_source}\n\
          [last_good]\ndirectory = {:?}\n",
         last_good.display().to_string(),
