@@ -192,7 +192,7 @@ fn answer(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             let body = if route == "/gzip" { gzip } else { zlib };
             let mut headers = plain("\"z\"");
             headers.push(("Content-Encoding", route[1..].to_string()));
-            respond(&mut stream, "200 OK", &headers, &body)
+            respond(&mut stream, "200 OK", &headers, body)
         }
         "/slow" => {
             write!(
