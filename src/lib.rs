@@ -41,6 +41,7 @@ pub mod m3u;
 pub mod memory;
 pub mod native;
 pub mod pipeline;
+pub mod remote;
 pub mod runtime;
 pub mod serve;
 pub mod signing;

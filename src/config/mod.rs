@@ -9,11 +9,13 @@
 //! the plugin settings. The sections' types live in `sections.rs`
 //! (`[proxy]`, `[[sources]]`, `[output]`, `[pipeline]`, `[mapping]`,
 //! `[filtering]`, `[numbering]`, `[serve]`), `pressure.rs` (`[memory]`,
-//! `[store]`, pressure levels by name) and `plugins.rs` (the seed's
+//! `[store]`, pressure levels by name), `remote.rs` (`[store.redis]`,
+//! `[store.s3]`) and `plugins.rs` (the seed's
 //! `[proxy_generation.wasm_plugins]`, plugin values, sizes).
 
 mod plugins;
 mod pressure;
+mod remote;
 mod sections;
 
 use std::collections::BTreeMap;
@@ -27,6 +29,7 @@ pub use plugins::{
     parse_size, ConfigValue, Fallbacks, ProxyGeneration, Security, Strategies, WasmPlugins,
 };
 pub use pressure::{parse_level, CompressionName, LevelName, MemoryConfig, StoreConfig};
+pub use remote::{RedisConfig, S3Config, S3Settings, SpillTo};
 pub use sections::{
     CompressHeld, FilterActionConfig, FilterConfig, FilteringConfig, LastGoodConfig, MappingConfig,
     NumberingConfig, OutputConfig, PipelineConfig, ProxyConfig, ServeConfig, SourceConfig,
@@ -151,6 +154,23 @@ impl Config {
                 "must not be below store.compress_from (data is compressed before it spills)",
             ));
         }
+        if let Some(redis) = &self.store.redis {
+            redis.check()?;
+        }
+        if let Some(s3) = &self.store.s3 {
+            s3.settings()?;
+        }
+        let spill_target_missing = match self.store.spill_to {
+            SpillTo::Disk => None,
+            SpillTo::Redis => self.store.redis.is_none().then_some("[store.redis]"),
+            SpillTo::S3 => self.store.s3.is_none().then_some("[store.s3]"),
+        };
+        if let Some(section) = spill_target_missing {
+            return Err(Error::config_key(
+                "store.spill_to",
+                format!("spills to a backend that is not configured: add a {section} section"),
+            ));
+        }
         if self.pipeline.batch_size == 0 {
             return Err(Error::config_key(
                 "pipeline.batch_size",
@@ -258,6 +278,12 @@ impl Config {
             }
             _ => base.join("last-good"),
         })
+    }
+
+    /// The directory of the configuration file (`None` for a config built
+    /// from text).
+    pub fn base_directory(&self) -> Option<&Path> {
+        self.base_directory.as_deref()
     }
 
     /// Where `serve` keeps downloaded logos, if anywhere: `[serve]

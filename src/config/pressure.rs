@@ -98,6 +98,17 @@ pub struct StoreConfig {
     /// Pressure from which held data goes to disk (default `critical`).
     #[serde(default = "default_disk_from")]
     pub disk_from: LevelName,
+    /// Where held blocks go once they leave memory: `disk` (default),
+    /// `redis` (`[store.redis]`) or `s3` (`[store.s3]`).
+    #[serde(default)]
+    pub spill_to: super::SpillTo,
+    /// A Redis server: `spill_to = "redis"` and the `redis_spill` strategy.
+    #[serde(default)]
+    pub redis: Option<super::RedisConfig>,
+    /// An S3-compatible bucket: `spill_to = "s3"` and the `cloud_spill`
+    /// strategy.
+    #[serde(default)]
+    pub s3: Option<super::S3Config>,
 }
 
 impl Default for StoreConfig {
@@ -110,6 +121,9 @@ impl Default for StoreConfig {
             zstd_dictionary: None,
             compress_from: default_compress_from(),
             disk_from: default_disk_from(),
+            spill_to: super::SpillTo::Disk,
+            redis: None,
+            s3: None,
         }
     }
 }

@@ -158,7 +158,7 @@ pub fn get(url: &str, request: &Request<'_>) -> Result<Response, Failure> {
     let mut redirects = 0;
     loop {
         let target = Target::parse(&current)?;
-        let response = exchange(&target, request)?;
+        let response = exchange(&target, "GET", None, request)?;
         let location = response.header("location").map(str::to_string);
         match (response.status, location) {
             (301 | 302 | 303 | 307 | 308, Some(location)) => {
@@ -176,11 +176,31 @@ pub fn get(url: &str, request: &Request<'_>) -> Result<Response, Failure> {
     }
 }
 
+/// `method url` with `body` (sent with its `Content-Length`), no
+/// redirects followed: for APIs (the S3 backend), whose requests are
+/// signed for one URL.
+///
+/// # Errors
+/// As [`Failure`]; the messages never hold the URL.
+pub fn send(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    request: &Request<'_>,
+) -> Result<Response, Failure> {
+    exchange(&Target::parse(url)?, method, body, request)
+}
+
 /// One request on a new connection.
-fn exchange(target: &Target, request: &Request<'_>) -> Result<Response, Failure> {
+fn exchange(
+    target: &Target,
+    method: &str,
+    body: Option<&[u8]>,
+    request: &Request<'_>,
+) -> Result<Response, Failure> {
     let stream = connect(target, request)?;
     let mut head = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: */*\r\n\
+        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: */*\r\n\
          Accept-Encoding: gzip, deflate\r\nConnection: close\r\n",
         target.path,
         target.host_header(),
@@ -198,10 +218,14 @@ fn exchange(target: &Target, request: &Request<'_>) -> Result<Response, Failure>
         }
         head.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     head.push_str("\r\n");
     let mut stream = stream;
     stream
         .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body.unwrap_or_default()))
         .and_then(|()| stream.flush())
         .map_err(|error| transfer("sending the request", &error))?;
     let mut reader = BufReader::with_capacity(64 << 10, stream);

@@ -30,7 +30,7 @@
 //! with `If-None-Match` / `If-Modified-Since` and a 304 keeps the copy.
 
 mod check;
-mod client;
+pub(crate) mod client;
 mod http;
 mod last_good;
 

@@ -165,6 +165,72 @@ impl Dedup {
         Some(hasher.finish())
     }
 
+    /// The channel's normalized key as text (parts joined by U+001F), the
+    /// form shared with other instances through Redis (stable across
+    /// versions, unlike [`Dedup::key_hash`]); `false` when the key is empty.
+    pub fn key_text(&self, channel: &OwnedChannel, out: &mut String) -> bool {
+        out.clear();
+        for (index, part) in self.parts.iter().enumerate() {
+            if index > 0 {
+                out.push('\u{1f}');
+            }
+            let start = out.len();
+            match part {
+                KeyPart::TvgId => out.extend(
+                    trim(&channel.tvg_id)
+                        .chars()
+                        .map(|c| c.to_ascii_lowercase()),
+                ),
+                KeyPart::Name => {
+                    let mut normalized = String::new();
+                    normalize_name(&channel.channel_name, &mut normalized);
+                    out.push_str(&normalized);
+                }
+                KeyPart::Url => out.push_str(trim(&channel.stream_url)),
+            }
+            if out.len() == start {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Streaming, against keys claimed in Redis (`redis_spill`): keeps the
+    /// channels whose key this instance owns and meets first in this run
+    /// ([`crate::remote::RedisClaims`]); keyless channels stay.
+    ///
+    /// # Errors
+    /// Redis failed: the batch is left as it was.
+    pub fn retain_claimed(
+        &self,
+        batch: &mut Vec<OwnedChannel>,
+        claims: &mut crate::remote::RedisClaims,
+    ) -> Result<()> {
+        let mut text = String::new();
+        let mut keys = Vec::new();
+        let has_key: Vec<bool> = batch
+            .iter()
+            .map(|channel| {
+                let has = self.key_text(channel, &mut text);
+                if has {
+                    keys.push(text.as_bytes().to_vec());
+                }
+                has
+            })
+            .collect();
+        let kept = claims.claim(&keys)?;
+        let mut kept = kept.into_iter();
+        let mut has_key = has_key.into_iter();
+        batch.retain(|_| {
+            if has_key.next().unwrap_or(false) {
+                kept.next().unwrap_or(true)
+            } else {
+                true
+            }
+        });
+        Ok(())
+    }
+
     /// Streaming: drops every channel whose key was seen earlier in the run.
     pub fn retain_first(&self, batch: &mut Vec<OwnedChannel>, seen: &mut HashSet<u64>) {
         batch.retain(|channel| match self.key_hash(channel) {

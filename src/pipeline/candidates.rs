@@ -72,7 +72,7 @@ pub(super) struct StageOutcome {
 pub(super) fn run_candidates(
     candidates: &[Candidate],
     plugins: &mut dyn PluginCalls,
-    native: &mut dyn FnMut(NativeStrategy, &mut Vec<OwnedChannel>),
+    native: &mut dyn FnMut(NativeStrategy, &mut Vec<OwnedChannel>) -> Result<()>,
     settings: &FallbackSettings,
     context: &StageContext<'_>,
     batch: &mut Vec<OwnedChannel>,
@@ -81,7 +81,7 @@ pub(super) fn run_candidates(
     for (position, candidate) in candidates.iter().enumerate() {
         let (chain, then) = match candidate {
             Candidate::Native(strategy) => {
-                native(*strategy, batch);
+                native(*strategy, batch)?;
                 outcome.used = Some(position);
                 break;
             }
@@ -120,7 +120,7 @@ pub(super) fn run_candidates(
                 plugins.succeeded(index);
             }
             if let Some(strategy) = then {
-                native(*strategy, batch);
+                native(*strategy, batch)?;
             }
             outcome.used = Some(position);
             break;
@@ -143,16 +143,22 @@ pub(super) fn run_candidates(
 pub(super) struct NativeState<'a> {
     pub numberer: &'a mut ChannelNumberer,
     pub seen_keys: &'a mut HashSet<u64>,
+    /// `redis_spill`'s dedup claims, if that strategy runs with
+    /// `[filtering.dedup]`.
+    pub claims: Option<&'a mut crate::remote::RedisClaims>,
 }
 
 /// Runs a native strategy as a stage step. Without `state` (a worker),
 /// only the strategies [`parallel_safe_native`] accepts may be asked for.
+///
+/// # Errors
+/// Only `redis_spill` can fail (Redis lost): the run must stop.
 pub(super) fn apply_native(
     rules: &NativeRules,
     strategy: NativeStrategy,
     batch: &mut Vec<OwnedChannel>,
     state: Option<&mut NativeState<'_>>,
-) {
+) -> Result<()> {
     match strategy {
         NativeStrategy::Mapping | NativeStrategy::ZstdCompression => {
             if !rules.mapper.is_empty() {
@@ -200,7 +206,12 @@ pub(super) fn apply_native(
             }
             if let Some(dedup) = &rules.dedup {
                 let state = state.expect("a filter with dedup runs on the pipeline's thread");
-                dedup.retain_first(batch, state.seen_keys);
+                match (strategy, state.claims.as_deref_mut()) {
+                    (NativeStrategy::RedisSpill, Some(claims)) => {
+                        dedup.retain_claimed(batch, claims)?;
+                    }
+                    _ => dedup.retain_first(batch, state.seen_keys),
+                }
             }
         }
         // As a per-batch fallback the in-memory numbering runs streaming:
@@ -219,6 +230,7 @@ pub(super) fn apply_native(
         | NativeStrategy::StreamingWriter
         | NativeStrategy::SortedWriter => {}
     }
+    Ok(())
 }
 
 /// Whether a native strategy can run on a worker: it keeps nothing from one

@@ -75,6 +75,7 @@ impl Pipeline {
             },
             numberer: ChannelNumberer::new(self.config.numbering.start),
             seen_keys: HashSet::new(),
+            claims: None,
             stages: PerStage::from_fn(|stage| {
                 let plan = &plans[stage];
                 StageStats {
@@ -125,6 +126,13 @@ impl Pipeline {
                     )))
                 }
             }
+        }
+        if self.rules.dedup.is_some()
+            && run.plans[Stage::Filtering]
+                .chain
+                .contains(&Candidate::Native(NativeStrategy::RedisSpill))
+        {
+            run.claims = Some(self.redis_claims()?);
         }
         let plugin_baseline: Vec<PluginStats> =
             self.plugins.iter().map(PluginStats::from_slot).collect();
@@ -366,6 +374,7 @@ impl Pipeline {
         let mut state = NativeState {
             numberer: &mut run.numberer,
             seen_keys: &mut run.seen_keys,
+            claims: run.claims.as_mut(),
         };
         let outcome = run_candidates(
             &run.plans[stage].chain,
@@ -450,6 +459,8 @@ pub(super) struct RunState {
     numberer: ChannelNumberer,
     /// Keys seen by the streaming native dedup (`[filtering.dedup]`).
     seen_keys: HashSet<u64>,
+    /// The dedup claims in Redis, when `redis_spill` filters with dedup.
+    claims: Option<crate::remote::RedisClaims>,
     /// What source_loading, data_mapping and filtering hold until the input
     /// ends (`inmemory_full`, `zstd_compression`, `inmemory_filter`).
     holds: PerStage<Option<StageHold>>,

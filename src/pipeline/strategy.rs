@@ -319,6 +319,19 @@ impl Pipeline {
     /// zstd-compressed, the others with `[store] compression`.
     pub fn store_policy(&self, native: NativeStrategy) -> StorePolicy {
         let store = &self.config.store;
+        let s3 = || {
+            let settings = store.s3.as_ref()?.settings().ok()?;
+            Some(crate::store::RemoteSpill::S3(Box::new(settings)))
+        };
+        let remote = match store.spill_to {
+            _ if native == NativeStrategy::CloudSpill => s3(),
+            crate::config::SpillTo::Disk => None,
+            crate::config::SpillTo::Redis => store
+                .redis
+                .clone()
+                .map(|redis| crate::store::RemoteSpill::Redis(Box::new(redis))),
+            crate::config::SpillTo::S3 => s3(),
+        };
         StorePolicy {
             codec: if native == NativeStrategy::ZstdCompression {
                 self.zstd_codec.clone()
@@ -326,15 +339,88 @@ impl Pipeline {
                 self.codec.clone()
             },
             spill_directory: store.spill_directory(),
+            remote,
             compress_from: store.compress_from.0,
             disk_from: store.disk_from.0,
             // zstd_compression is a promise to hold compressed.
             floor: match self.config.pipeline.compress_held {
                 _ if native == NativeStrategy::ZstdCompression => Tier::Compressed,
+                // cloud_spill is a promise to hold in the bucket.
+                _ if native == NativeStrategy::CloudSpill => Tier::S3,
                 CompressHeld::Always => Tier::Compressed,
                 CompressHeld::Auto | CompressHeld::Never => Tier::Plain,
             },
         }
+    }
+
+    /// Why a strategy that needs a server cannot run now (`None`: it can,
+    /// or it needs none): no server configured, or the server does not
+    /// answer (checked once per plan).
+    fn endpoint_unusable(&self, native: NativeStrategy) -> Option<String> {
+        let service = native.needs_endpoint()?;
+        let store = &self.config.store;
+        let checked = match native {
+            NativeStrategy::CloudSpill => {
+                let Some(s3) = &store.s3 else {
+                    return Some(format!("needs {service}; add a [store.s3] section"));
+                };
+                s3.settings()
+                    .and_then(crate::remote::S3Client::new)
+                    .and_then(|client| client.check())
+            }
+            NativeStrategy::RedisSpill => {
+                let Some(redis) = &store.redis else {
+                    return Some(format!("needs {service}; add a [store.redis] section"));
+                };
+                crate::remote::RedisAddress::parse(
+                    &redis.url,
+                    Duration::from_millis(redis.connect_timeout_ms),
+                    Duration::from_millis(redis.io_timeout_ms),
+                )
+                .and_then(|address| crate::remote::Redis::connect(&address))
+                .map(drop)
+            }
+            _ => Ok(()),
+        };
+        checked
+            .err()
+            .map(|error| format!("needs {service}, which does not answer: {error}"))
+    }
+
+    /// `redis_spill`'s dedup claims for one run, connected.
+    ///
+    /// # Errors
+    /// Redis cannot be reached.
+    pub(super) fn redis_claims(&self) -> Result<crate::remote::RedisClaims> {
+        let redis = self.config.store.redis.as_ref().ok_or_else(|| {
+            Error::config_key("store.redis", "redis_spill needs a [store.redis] section")
+        })?;
+        let address = crate::remote::RedisAddress::parse(
+            &redis.url,
+            Duration::from_millis(redis.connect_timeout_ms),
+            Duration::from_millis(redis.io_timeout_ms),
+        )?;
+        let connection = crate::remote::Redis::connect(&address)?;
+        let instance = redis.instance.clone().unwrap_or_else(|| {
+            // Stable across runs of this instance, different for another
+            // configuration or output on the same host.
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_string())
+                .unwrap_or_else(|_| "localhost".to_string());
+            let base = self
+                .config
+                .base_directory()
+                .map(|dir| dir.display().to_string())
+                .unwrap_or_default();
+            format!("{host}:{base}:{}", self.config.output.path.display())
+        });
+        Ok(crate::remote::RedisClaims::new(
+            connection,
+            &redis.namespace,
+            &instance,
+            &crate::remote::run_id(),
+            redis.claim_ttl_seconds,
+        ))
     }
 
     /// Memory the run's holders may use before pressure reaches `high`,
@@ -402,10 +488,8 @@ impl Pipeline {
         let mut notes = Vec::new();
         for name in &names {
             if let Some(native) = NativeStrategy::from_name(name) {
-                if let Some(service) = native.needs_endpoint() {
-                    skipped.push(format!(
-                        "{name} (needs {service}; none is configured in this build)"
-                    ));
+                if let Some(why) = self.endpoint_unusable(native) {
+                    skipped.push(format!("{name} ({why})"));
                     continue;
                 }
                 if native.holds() {

@@ -21,6 +21,17 @@ pub struct BlockId {
 }
 
 impl BlockId {
+    /// A handle made by a backend: its own number or offset, and the
+    /// block's length.
+    pub fn new(offset: u64, len: u64) -> Self {
+        BlockId { offset, len }
+    }
+
+    /// The backend's number or offset of the block.
+    pub fn offset(self) -> u64 {
+        self.offset
+    }
+
     /// Bytes the block takes in its backend.
     pub fn len(self) -> u64 {
         self.len

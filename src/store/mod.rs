@@ -32,13 +32,14 @@ mod tiered;
 
 use serde::Serialize;
 
+pub(crate) use blocks::store_error;
 pub use blocks::{BlockBackend, BlockId, DiskBlocks, MemoryBlocks};
 pub use codec::{train_dictionary, BlockCodec, BlockReader};
 pub use queue::BatchQueue;
 pub use sort::{
     by_channel_number, by_id, ExternalSorter, KeyFn, SortKey, SortedBatches, SORT_RUN_BYTES,
 };
-pub use tiered::{StorePolicy, Tier, TierSwitch};
+pub use tiered::{RemoteSpill, StorePolicy, Tier, TierSwitch};
 
 use crate::OwnedChannel;
 
@@ -69,7 +70,8 @@ pub struct HoldStats {
     pub peak_plain_bytes: u64,
     /// Most compressed bytes held in memory at once.
     pub peak_memory_bytes: u64,
-    /// The spill directory, if the disk tier was used.
+    /// Where blocks spilled, if they did: the spill directory, the Redis
+    /// server or the bucket.
     pub spill_directory: Option<String>,
     /// Sorted runs written (`sorted_writer` only).
     pub sorted_runs: u64,
@@ -88,7 +90,7 @@ impl HoldStats {
             stored_bytes: blocks.stored_bytes,
             peak_plain_bytes,
             peak_memory_bytes: blocks.peak_memory_bytes,
-            spill_directory: blocks.disk_location(),
+            spill_directory: blocks.spill_location(),
             sorted_runs: 0,
             switches: blocks.switches.clone(),
         }
@@ -145,7 +147,7 @@ pub fn estimated_memory_usage(codec: &BlockCodec, tier: Tier, input_bytes: u64) 
     match tier {
         Tier::Plain => input_bytes / M3U_BYTES_PER_CHANNEL * PLAIN_BYTES_PER_CHANNEL,
         Tier::Compressed => input_bytes * codec.expected_ratio_percent() / 100,
-        Tier::Disk => 0,
+        Tier::Disk | Tier::Redis | Tier::S3 => 0,
     }
 }
 
@@ -211,13 +213,14 @@ pub fn plan_tier(
                 mib(compressed_need).max(1)
             ),
         )
-    } else if policy.spill_directory.is_some() {
+    } else if let Some(spill) = policy.spill_tier() {
         (
-            Tier::Disk,
+            spill,
             format!(
-                "~{} MiB compressed would not fit in {} MiB: spills to disk",
+                "~{} MiB compressed would not fit in {} MiB: spills to {}",
                 mib(compressed_need),
-                mib(spare_bytes)
+                mib(spare_bytes),
+                spill.name()
             ),
         )
     } else {
@@ -265,6 +268,7 @@ pub(crate) mod test_support {
         StorePolicy {
             codec: BlockCodec::Lz4,
             spill_directory: Some(spill.to_path_buf()),
+            remote: None,
             compress_from: MemoryPressureLevel::High,
             disk_from: MemoryPressureLevel::Critical,
             floor: Tier::Plain,

@@ -107,7 +107,7 @@ impl<A> BatchQueue<A> {
                     self.plain_bytes -= channels.iter().map(approx_heap_bytes).sum::<u64>();
                     Held::Block(self.blocks.put(&channels)?)
                 }
-                Held::Block(place) if wanted == Tier::Disk => {
+                Held::Block(place) if wanted.is_spilled() => {
                     Held::Block(self.blocks.demote(place)?)
                 }
                 held => held,

@@ -133,7 +133,7 @@ impl ExternalSorter {
             return Ok(());
         };
         self.blocks.switch(wanted, self.channels, reason);
-        if wanted == Tier::Disk {
+        if wanted.is_spilled() {
             for run in &mut self.runs {
                 for place in run.iter_mut() {
                     *place = self.blocks.demote(*place)?;

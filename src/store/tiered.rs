@@ -20,6 +20,10 @@ pub enum Tier {
     Compressed,
     /// As compressed blocks in a spill file.
     Disk,
+    /// As compressed blocks in Redis (`[store.redis]`).
+    Redis,
+    /// As compressed blocks in an S3-compatible bucket (`[store.s3]`).
+    S3,
 }
 
 impl Tier {
@@ -29,7 +33,63 @@ impl Tier {
             Tier::Plain => "plain",
             Tier::Compressed => "compressed",
             Tier::Disk => "disk",
+            Tier::Redis => "redis",
+            Tier::S3 => "s3",
         }
+    }
+
+    /// True for the tiers that keep blocks out of the process's memory.
+    pub const fn is_spilled(self) -> bool {
+        matches!(self, Tier::Disk | Tier::Redis | Tier::S3)
+    }
+}
+
+/// A remote place to spill to. Each holder that spills there gets keys or
+/// objects under a name of its own ([`crate::remote::run_id`]).
+#[derive(Clone, Debug)]
+pub enum RemoteSpill {
+    /// Keys in Redis.
+    Redis(Box<crate::config::RedisConfig>),
+    /// Objects in a bucket.
+    S3(Box<crate::config::S3Settings>),
+}
+
+impl RemoteSpill {
+    /// Its tier.
+    pub const fn tier(&self) -> Tier {
+        match self {
+            RemoteSpill::Redis(_) => Tier::Redis,
+            RemoteSpill::S3(_) => Tier::S3,
+        }
+    }
+
+    /// Opens a backend for `holder`'s blocks.
+    ///
+    /// # Errors
+    /// The server cannot be reached.
+    pub fn open(&self, holder: &str) -> Result<Box<dyn BlockBackend>> {
+        let run = crate::remote::run_id();
+        Ok(match self {
+            RemoteSpill::Redis(config) => {
+                let address = crate::remote::RedisAddress::parse(
+                    &config.url,
+                    std::time::Duration::from_millis(config.connect_timeout_ms),
+                    std::time::Duration::from_millis(config.io_timeout_ms),
+                )?;
+                let redis = crate::remote::Redis::connect(&address)?;
+                Box::new(crate::remote::RedisBlocks::new(
+                    redis,
+                    &config.namespace,
+                    &run,
+                    holder,
+                    config.block_ttl_seconds,
+                ))
+            }
+            RemoteSpill::S3(settings) => {
+                let client = crate::remote::S3Client::new(settings.as_ref().clone())?;
+                Box::new(crate::remote::S3Blocks::new(client, &run, holder))
+            }
+        })
     }
 }
 
@@ -40,6 +100,8 @@ pub struct StorePolicy {
     pub codec: BlockCodec,
     /// The disk tier's directory; `None`: no disk tier.
     pub spill_directory: Option<PathBuf>,
+    /// A remote spill tier (Redis or S3), used instead of the disk.
+    pub remote: Option<RemoteSpill>,
     /// Pressure from which held data is compressed.
     pub compress_from: MemoryPressureLevel,
     /// Pressure from which held data goes to disk.
@@ -50,10 +112,20 @@ pub struct StorePolicy {
 }
 
 impl StorePolicy {
+    /// The tier that keeps blocks out of memory: the remote one if set,
+    /// else the disk if a spill directory is set.
+    pub fn spill_tier(&self) -> Option<Tier> {
+        match &self.remote {
+            Some(remote) => Some(remote.tier()),
+            None => self.spill_directory.as_ref().map(|_| Tier::Disk),
+        }
+    }
+
     /// The tier this pressure level asks for.
     pub fn tier_for(&self, level: MemoryPressureLevel) -> Tier {
-        let wanted = if level >= self.disk_from && self.spill_directory.is_some() {
-            Tier::Disk
+        let spill = self.spill_tier().filter(|_| level >= self.disk_from);
+        let wanted = if let Some(spill) = spill {
+            spill
         } else if level >= self.compress_from {
             Tier::Compressed
         } else {
@@ -82,7 +154,7 @@ pub struct TierSwitch {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Place {
     Memory(BlockId),
-    Disk(BlockId),
+    Spilled(BlockId),
 }
 
 /// The compressed blocks of one holder, in memory or on disk, and its tier.
@@ -91,7 +163,7 @@ pub(crate) struct TieredBlocks {
     pub(crate) policy: StorePolicy,
     pub(crate) tier: Tier,
     memory: MemoryBlocks,
-    disk: Option<DiskBlocks>,
+    spilled: Option<Box<dyn BlockBackend>>,
     pub(crate) switches: Vec<TierSwitch>,
     pub(crate) encoded_bytes: u64,
     pub(crate) stored_bytes: u64,
@@ -106,7 +178,7 @@ impl TieredBlocks {
             policy,
             tier,
             memory: MemoryBlocks::default(),
-            disk: None,
+            spilled: None,
             switches: Vec::new(),
             encoded_bytes: 0,
             stored_bytes: 0,
@@ -128,39 +200,45 @@ impl TieredBlocks {
     }
 
     fn put_block(&mut self, block: &[u8]) -> Result<Place> {
-        if self.tier == Tier::Disk {
-            let disk = self.disk_backend()?;
-            return Ok(Place::Disk(disk.put(block)?));
+        if self.tier.is_spilled() {
+            let spilled = self.spill_backend()?;
+            return Ok(Place::Spilled(spilled.put(block)?));
         }
         let id = self.memory.put(block)?;
         self.peak_memory_bytes = self.peak_memory_bytes.max(self.memory.held_bytes());
         Ok(Place::Memory(id))
     }
 
-    fn disk_backend(&mut self) -> Result<&mut DiskBlocks> {
-        if self.disk.is_none() {
-            let directory = self.policy.spill_directory.clone().unwrap_or_default();
-            self.disk = Some(DiskBlocks::create(&directory)?);
+    fn spill_backend(&mut self) -> Result<&mut Box<dyn BlockBackend>> {
+        if self.spilled.is_none() {
+            let backend: Box<dyn BlockBackend> = match &self.policy.remote {
+                Some(remote) => remote.open(self.holder)?,
+                None => {
+                    let directory = self.policy.spill_directory.clone().unwrap_or_default();
+                    Box::new(DiskBlocks::create(&directory)?)
+                }
+            };
+            self.spilled = Some(backend);
         }
-        Ok(self.disk.as_mut().expect("created above"))
+        Ok(self.spilled.as_mut().expect("created above"))
     }
 
     /// A block's bytes, taken out of its backend.
     pub(crate) fn take(&mut self, place: Place) -> Result<Vec<u8>> {
         match place {
             Place::Memory(id) => self.memory.take(id),
-            Place::Disk(id) => self.disk_backend()?.take(id),
+            Place::Spilled(id) => self.spill_backend()?.take(id),
         }
     }
 
-    /// Moves a memory block to disk (the tier must be `Disk`).
+    /// Moves a memory block to the spill tier (the tier must be one).
     pub(crate) fn demote(&mut self, place: Place) -> Result<Place> {
         match place {
             Place::Memory(id) => {
                 let block = self.memory.take(id)?;
                 self.put_block(&block)
             }
-            Place::Disk(_) => Ok(place),
+            Place::Spilled(_) => Ok(place),
         }
     }
 
@@ -210,8 +288,8 @@ impl TieredBlocks {
         self.tier = to;
     }
 
-    /// Where the disk tier is, for statistics.
-    pub(crate) fn disk_location(&self) -> Option<String> {
-        self.disk.as_ref().map(BlockBackend::location)
+    /// Where the spill tier is (a directory, a server), for statistics.
+    pub(crate) fn spill_location(&self) -> Option<String> {
+        self.spilled.as_ref().map(|backend| backend.location())
     }
 }

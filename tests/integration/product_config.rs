@@ -10,7 +10,7 @@ use std::process::Command;
 use super::common::{repo_path, PLAYLIST_FIXTURE};
 
 /// The product card's plugin section, as a user copies it.
-const PRODUCT_CONFIG: &str = r#"
+pub const PRODUCT_CONFIG: &str = r#"
 [proxy_generation.wasm_plugins]
 enabled = true
 plugin_directory = "./plugins"
