@@ -280,6 +280,23 @@ impl Config {
         })
     }
 
+    /// This instance's name in Redis claims: `[store.redis] instance`, by
+    /// default the host name, the configuration's directory and the output
+    /// path (stable across runs, different for another instance).
+    pub fn redis_instance(&self) -> String {
+        if let Some(instance) = self.store.redis.as_ref().and_then(|r| r.instance.clone()) {
+            return instance;
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_string())
+            .unwrap_or_else(|_| "localhost".to_string());
+        let base = self
+            .base_directory()
+            .map(|dir| dir.display().to_string())
+            .unwrap_or_default();
+        format!("{host}:{base}:{}", self.output.path.display())
+    }
+
     /// The directory of the configuration file (`None` for a config built
     /// from text).
     pub fn base_directory(&self) -> Option<&Path> {

@@ -38,8 +38,14 @@ impl Pipeline {
                 "fuel_metering = false: plugins run without fuel budgets or wall-clock timeouts"
             );
         }
-        let runtime =
+        let mut runtime =
             PluginRuntime::new(settings.runtime_limits(), &security.allowed_host_functions)?;
+        if let Some(redis) = &self.config.store.redis {
+            runtime.set_claims_backend(crate::remote::ClaimsBackend::Redis {
+                config: Box::new(redis.clone()),
+                instance: self.config.redis_instance(),
+            });
+        }
         let directory = settings.plugin_directory.clone();
         let wants_plugins = Stage::ALL.iter().any(|&stage| {
             settings

@@ -401,19 +401,7 @@ impl Pipeline {
             Duration::from_millis(redis.io_timeout_ms),
         )?;
         let connection = crate::remote::Redis::connect(&address)?;
-        let instance = redis.instance.clone().unwrap_or_else(|| {
-            // Stable across runs of this instance, different for another
-            // configuration or output on the same host.
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|name| name.trim().to_string())
-                .unwrap_or_else(|_| "localhost".to_string());
-            let base = self
-                .config
-                .base_directory()
-                .map(|dir| dir.display().to_string())
-                .unwrap_or_default();
-            format!("{host}:{base}:{}", self.config.output.path.display())
-        });
+        let instance = self.config.redis_instance();
         Ok(crate::remote::RedisClaims::new(
             connection,
             &redis.namespace,

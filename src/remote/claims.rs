@@ -11,8 +11,108 @@
 //! free again. Nothing of this is held in the host's memory but one batch's
 //! keys.
 
-use super::redis::{Redis, Reply};
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::redis::{Redis, RedisAddress, Reply};
+use crate::config::RedisConfig;
 use crate::Result;
+
+/// Where plugins' key claims (the `claim_keys` host function) live: in the
+/// host's memory for one run (no `[store.redis]`), or in Redis, shared with
+/// every instance naming the same namespace.
+#[derive(Clone, Debug, Default)]
+pub enum ClaimsBackend {
+    /// A set per plugin and run in the host's memory.
+    #[default]
+    Memory,
+    /// Claims in Redis.
+    Redis {
+        /// The server and namespace.
+        config: Box<RedisConfig>,
+        /// This instance's name in claims.
+        instance: String,
+    },
+}
+
+impl ClaimsBackend {
+    /// One run's claims for `scope` (a plugin's name: its keys are
+    /// `<namespace>:plugin:<scope>:…`, so no plugin reaches another's).
+    ///
+    /// # Errors
+    /// Redis cannot be reached.
+    pub fn open(&self, scope: &str) -> Result<KeyClaims> {
+        match self {
+            ClaimsBackend::Memory => Ok(KeyClaims::Memory {
+                seen: HashSet::new(),
+                bytes: 0,
+            }),
+            ClaimsBackend::Redis { config, instance } => {
+                let address = RedisAddress::parse(
+                    &config.url,
+                    Duration::from_millis(config.connect_timeout_ms),
+                    Duration::from_millis(config.io_timeout_ms),
+                )?;
+                Ok(KeyClaims::Redis(RedisClaims::new(
+                    Redis::connect(&address)?,
+                    &format!("{}:plugin:{scope}", config.namespace),
+                    instance,
+                    &super::run_id(),
+                    config.claim_ttl_seconds,
+                )))
+            }
+        }
+    }
+}
+
+/// One run's claims of one plugin.
+pub enum KeyClaims {
+    /// In memory: a key is kept the first time the run meets it.
+    Memory {
+        /// Keys met.
+        seen: HashSet<Vec<u8>>,
+        /// Their bytes (bounded by the caller).
+        bytes: usize,
+    },
+    /// In Redis ([`RedisClaims`]).
+    Redis(RedisClaims),
+}
+
+impl KeyClaims {
+    /// For each key: whether the caller keeps it. `max_bytes` bounds what
+    /// the memory set may hold.
+    ///
+    /// # Errors
+    /// Redis failed, or the memory set would pass `max_bytes`.
+    pub fn claim(&mut self, keys: &[&[u8]], max_bytes: usize) -> Result<Vec<bool>> {
+        match self {
+            KeyClaims::Redis(claims) => claims.claim(keys),
+            KeyClaims::Memory { seen, bytes } => {
+                let mut keep = Vec::with_capacity(keys.len());
+                for key in keys {
+                    if seen.contains(*key) {
+                        keep.push(false);
+                        continue;
+                    }
+                    // Each entry costs its bytes and about 48 of overhead.
+                    *bytes += key.len() + 48;
+                    if *bytes > max_bytes {
+                        return Err(crate::store::store_error(
+                            "memory",
+                            "the host",
+                            &format!(
+                                "the claimed keys of this run passed {max_bytes} bytes (the                                  plugin's memory limit, max_memory_per_plugin): configure                                  [store.redis] to keep them in Redis"
+                            ),
+                        ));
+                    }
+                    seen.insert(key.to_vec());
+                    keep.push(true);
+                }
+                Ok(keep)
+            }
+        }
+    }
+}
 
 /// The claims of one run of one instance.
 pub struct RedisClaims {
@@ -49,10 +149,10 @@ impl RedisClaims {
     /// # Errors
     /// Redis failed or answered an error (the run must stop: dropping or
     /// keeping channels without their claims would break the promise).
-    pub fn claim(&mut self, keys: &[Vec<u8>]) -> Result<Vec<bool>> {
+    pub fn claim<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> Result<Vec<bool>> {
         let claim_keys: Vec<Vec<u8>> = keys
             .iter()
-            .map(|key| [self.claim_prefix.as_bytes(), key].concat())
+            .map(|key| [self.claim_prefix.as_bytes(), key.as_ref()].concat())
             .collect();
         let renew_keys: Vec<Vec<u8>> = std::mem::take(&mut self.renew)
             .iter()
@@ -72,7 +172,7 @@ impl RedisClaims {
                 b"EX",
                 self.ttl.as_bytes(),
             ]);
-            commands.push(vec![b"SADD", self.run_set.as_bytes(), key]);
+            commands.push(vec![b"SADD", self.run_set.as_bytes(), key.as_ref()]);
         }
         commands.push(vec![
             b"EXPIRE",
@@ -92,7 +192,7 @@ impl RedisClaims {
             let owned = match &pair[0] {
                 Reply::Bulk(None) => true,
                 Reply::Bulk(Some(owner)) if owner == self.instance.as_bytes() => {
-                    self.renew.push(key.clone());
+                    self.renew.push(key.as_ref().to_vec());
                     true
                 }
                 Reply::Bulk(Some(_)) => false,

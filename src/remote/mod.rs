@@ -16,7 +16,7 @@ mod redis;
 mod s3;
 
 pub use blocks::{RedisBlocks, S3Blocks};
-pub use claims::RedisClaims;
+pub use claims::{ClaimsBackend, KeyClaims, RedisClaims};
 pub use redis::{Redis, RedisAddress, Reply};
 pub use s3::S3Client;
 

@@ -40,6 +40,8 @@ pub(crate) enum HostFault {
     OutsideArena { ptr: u64, len: u64 },
     /// The plugin has no usable `memory` export.
     NoMemory,
+    /// `claim_keys` failed: malformed keys, or its store failed or is full.
+    ClaimKeys(String),
 }
 
 impl fmt::Display for HostFault {
@@ -50,6 +52,7 @@ impl fmt::Display for HostFault {
                 write!(f, "range {ptr}+{len} is outside the arena")
             }
             HostFault::NoMemory => f.write_str("plugin has no memory export"),
+            HostFault::ClaimKeys(message) => write!(f, "claim_keys: {message}"),
         }
     }
 }
@@ -142,6 +145,10 @@ pub(crate) struct HostState {
     /// The last error-level line the plugin logged in the current call: the
     /// reason it gives for an error status (`ErrorKind::PluginStatus`).
     pub(crate) last_error_line: Option<String>,
+    /// Where `claim_keys` keeps this plugin's claims.
+    pub(crate) claims_backend: std::sync::Arc<crate::remote::ClaimsBackend>,
+    /// This run's claims, opened by the first `claim_keys` of the run.
+    pub(crate) claims: Option<crate::remote::KeyClaims>,
 }
 
 impl HostState {
@@ -168,6 +175,8 @@ impl HostState {
             output_this_batch: 0,
             batch_open: false,
             last_error_line: None,
+            claims_backend: std::sync::Arc::default(),
+            claims: None,
         }
     }
 
@@ -202,6 +211,8 @@ impl HostState {
 
     /// Starts the per-run log allowance.
     pub(crate) fn begin_run(&mut self) {
+        // The previous run's claims end (a Redis run set is deleted).
+        self.claims = None;
         self.run_log_lines = 0;
         self.run_log_bytes = 0;
         self.run_allowance_spent = false;
@@ -272,6 +283,7 @@ pub(crate) fn signature(
         names::READ_CHANNELS => (&[I32, I32], &[I32]),
         names::WRITE_CHANNELS => (&[I32, I32], &[I32]),
         names::GET_CONFIG => (&[I32, I32, I32, I32], &[I32]),
+        names::CLAIM_KEYS => (&[I32, I32, I32, I32], &[I32]),
         _ => return None,
     })
 }
@@ -293,6 +305,7 @@ pub(crate) fn linker(engine: &Engine, allowed: &[String]) -> Linker<HostState> {
                 linker.func_wrap(module, names::WRITE_CHANNELS, host_write_channels)
             }
             names::GET_CONFIG => linker.func_wrap(module, names::GET_CONFIG, host_get_config),
+            names::CLAIM_KEYS => linker.func_wrap(module, names::CLAIM_KEYS, host_claim_keys),
             // The config loader rejects unknown names before we get here.
             _ => continue,
         };
@@ -447,4 +460,69 @@ fn host_get_config(
         target.copy_from_slice(&value.as_bytes()[..copied]);
     }
     Ok(i32::try_from(value.len()).unwrap_or(i32::MAX))
+}
+
+/// Fuel charged per key by `claim_keys`, on top of its bytes: a lookup in a
+/// hash set or a Redis round trip's share.
+pub const CLAIM_FUEL_PER_KEY: u64 = 50;
+
+fn host_claim_keys(
+    mut caller: Caller<'_, HostState>,
+    keys_ptr: i32,
+    keys_len: i32,
+    out_ptr: i32,
+    out_cap: i32,
+) -> Result<i32, wasmi::Error> {
+    let keys_range = arena_range(caller.data(), keys_ptr, keys_len)?;
+    let out_range = arena_range(caller.data(), out_ptr, out_cap)?;
+    let memory = memory(&caller)?;
+    let fault = |message: String| wasmi::Error::host(HostFault::ClaimKeys(message));
+    let encoded = memory
+        .data(&caller)
+        .get(keys_range.clone())
+        .unwrap_or_default()
+        .to_vec();
+    let keys: Vec<&[u8]> = postcard::from_bytes(&encoded).map_err(|error| {
+        fault(format!(
+            "the keys are not a postcard list of byte strings: {error}"
+        ))
+    })?;
+    if keys.len() > out_range.len() {
+        return Err(fault(format!(
+            "{} keys but room for {} answers",
+            keys.len(),
+            out_range.len()
+        )));
+    }
+    let per_key = (keys.len() as u64).saturating_mul(CLAIM_FUEL_PER_KEY * HOST_BYTES_PER_FUEL);
+    charge(
+        &mut caller,
+        keys_range
+            .len()
+            .saturating_add(usize::try_from(per_key).unwrap_or(usize::MAX)),
+    )?;
+    let state = caller.data_mut();
+    if state.claims.is_none() {
+        let opened = state
+            .claims_backend
+            .open(&state.plugin_name)
+            .map_err(|error| fault(error.to_string()))?;
+        state.claims = Some(opened);
+    }
+    let max_bytes = state.limiter.limit_bytes;
+    let claims = state.claims.as_mut().expect("opened above");
+    let keep = match claims.claim(&keys, max_bytes) {
+        Ok(keep) => keep,
+        Err(error) => {
+            // A broken connection is opened again by the next call.
+            state.claims = None;
+            return Err(fault(error.to_string()));
+        }
+    };
+    let answers: Vec<u8> = keep.iter().map(|&kept| u8::from(kept)).collect();
+    let data = memory.data_mut(&mut caller);
+    if let Some(target) = data.get_mut(out_range.start..out_range.start + answers.len()) {
+        target.copy_from_slice(&answers);
+    }
+    Ok(i32::try_from(answers.len()).unwrap_or(i32::MAX))
 }

@@ -139,6 +139,8 @@ impl PluginInstance {
             usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
             limits.max_output_bytes,
         );
+        let mut state = state;
+        state.claims_backend = runtime.claims_backend();
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|state| &mut state.limiter);
         store.data_mut().fuel_metering = limits.fuel_metering;
@@ -810,6 +812,11 @@ fn classify(store: &Store<HostState>, limits: &RuntimeLimits, error: &wasmi::Err
             }
             // Loading checked the memory export, so this is a host function
             // called with no plugin code around it (a re-exported import).
+            HostFault::ClaimKeys(_) => ErrorKind::Trap {
+                code: None,
+                message: fault.to_string(),
+            }
+            .into(),
             HostFault::NoMemory => ErrorKind::Trap {
                 code: None,
                 message: format!(

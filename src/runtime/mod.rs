@@ -154,6 +154,7 @@ pub struct PluginRuntime {
     limits: RuntimeLimits,
     allowed: Vec<String>,
     linker: std::sync::Arc<Linker<host::HostState>>,
+    claims_backend: std::sync::Arc<crate::remote::ClaimsBackend>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -277,7 +278,18 @@ impl PluginRuntime {
             limits,
             allowed: allowed_host_functions.to_vec(),
             linker,
+            claims_backend: std::sync::Arc::default(),
         })
+    }
+
+    /// Where instantiated plugins' `claim_keys` keep their claims (default:
+    /// the host's memory, per run).
+    pub fn set_claims_backend(&mut self, backend: crate::remote::ClaimsBackend) {
+        self.claims_backend = std::sync::Arc::new(backend);
+    }
+
+    pub(crate) fn claims_backend(&self) -> std::sync::Arc<crate::remote::ClaimsBackend> {
+        std::sync::Arc::clone(&self.claims_backend)
     }
 
     /// The limits every call runs under.

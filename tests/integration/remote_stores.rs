@@ -271,16 +271,15 @@ fn tvg_id(entry: &str) -> String {
         .to_ascii_lowercase()
 }
 
-#[test]
-fn two_instances_with_redis_spill_drop_every_cross_source_duplicate_exactly_once() {
-    let Some(redis_server) = Service::shared(Kind::Redis) else {
-        return;
-    };
-    let dir = scratch("two-instances");
+/// Two instances at the same time on two providers (the first 60% and the
+/// last 60% of the real playlist, a fifth in both) with `config`, twice:
+/// together they keep every tvg-id exactly once, every keyless channel, and
+/// the same split in the second round. Returns the Redis keys left under
+/// `namespace` that are not claims.
+fn two_instances_share_one_dedup_set(name: &str, config: &str, service: &Service, namespace: &str) {
+    let dir = scratch(name);
     let text = std::fs::read_to_string(repo_path(PLAYLIST_FIXTURE)).unwrap();
     let all = entries(&text);
-    // Two providers: the first 60% and the last 60% of the real playlist
-    // (a fifth of it in both), on two instances at the same time.
     let (a_end, b_start) = (all.len() * 6 / 10, all.len() * 4 / 10);
     let write = |name: &str, part: &[String]| {
         let path = dir.join(name);
@@ -291,12 +290,6 @@ fn two_instances_with_redis_spill_drop_every_cross_source_duplicate_exactly_once
         write("a.m3u", &all[..a_end]),
         write("b.m3u", &all[b_start..]),
     ];
-    let namespace = unique("shared");
-    let config = format!(
-        "{}[filtering.dedup]\nkey = \"tvg_id\"\n[proxy_generation.wasm_plugins]\nenabled = false\n\
-         [proxy_generation.wasm_plugins.strategies]\nfiltering = [\"redis_spill\"]\n",
-        redis_server.redis_section(&namespace)
-    );
     // Each instance is known by its host, configuration and output (the
     // default `instance`), the same in both rounds.
     let run_both = || -> Vec<String> {
@@ -304,7 +297,7 @@ fn two_instances_with_redis_spill_drop_every_cross_source_duplicate_exactly_once
             .iter()
             .zip(&sources)
             .map(|(name, source)| {
-                cli(&dir, name, &config, Some(source))
+                cli(&dir, name, config, Some(source))
                     .stderr(Stdio::piped())
                     .spawn()
                     .unwrap()
@@ -356,18 +349,99 @@ fn two_instances_with_redis_spill_drop_every_cross_source_duplicate_exactly_once
         .count();
     let keyless_out = kept.iter().filter(|e| tvg_id(e).is_empty()).count();
     assert_eq!(keyless_out, keyless_in);
-    // Both instances kept some of the shared fifth's keys only once, and a
-    // second round splits the keys the same way (claims are kept).
+    // A second round splits the keys the same way (claims are kept).
     let second = run_both();
     assert!(
         second == first,
         "the second round split the keys differently"
     );
-    let run_sets: Vec<String> = redis_keys(&redis_server, &namespace)
+    let run_sets: Vec<String> = redis_keys(service, namespace)
         .into_iter()
-        .filter(|key| !key.starts_with(&format!("{namespace}:claim:")))
+        .filter(|key| !key.contains(":claim:"))
         .collect();
     assert_eq!(run_sets, Vec::<String>::new(), "per-run sets are deleted");
+}
+
+#[test]
+fn two_instances_with_redis_spill_drop_every_cross_source_duplicate_exactly_once() {
+    let Some(redis_server) = Service::shared(Kind::Redis) else {
+        return;
+    };
+    let namespace = unique("shared");
+    let config = format!(
+        "{}[filtering.dedup]\nkey = \"tvg_id\"\n[proxy_generation.wasm_plugins]\nenabled = false\n\
+         [proxy_generation.wasm_plugins.strategies]\nfiltering = [\"redis_spill\"]\n",
+        redis_server.redis_section(&namespace)
+    );
+    two_instances_share_one_dedup_set("two-instances", &config, &redis_server, &namespace);
+}
+
+/// The `dedup` plugin with `mode = "shared"` (its key set through the
+/// `claim_keys` host function), from a plugin directory of `files`.
+fn shared_dedup_config(dir: &Path, files: &[&str], filtering: &str) -> String {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let built = Path::new(env!("M3U_EXAMPLE_PLUGIN_DIR")).join("dedup.wasm");
+    for file in files {
+        std::fs::copy(&built, plugins.join(file)).unwrap();
+    }
+    format!(
+        "[proxy_generation.wasm_plugins]\nplugin_directory = {plugins:?}\n\
+         [proxy_generation.wasm_plugins.security]\n\
+         allowed_host_functions = [\"log\", \"read_channels\", \"write_channels\", \"claim_keys\"]\n\
+         [proxy_generation.wasm_plugins.strategies]\nfiltering = [{filtering:?}]\n\
+         [plugins.dedup]\nmode = \"shared\"\n"
+    )
+}
+
+#[test]
+fn the_dedup_plugin_shares_its_key_set_through_the_host_in_memory_and_in_redis() {
+    // In memory (no [store.redis]): the same as the native streaming dedup.
+    let dir = scratch("plugin-memory");
+    let input = repo_path(PLAYLIST_FIXTURE);
+    let native = "[filtering.dedup]\nkey = \"tvg_id\"\n[proxy_generation.wasm_plugins]\n\
+                  enabled = false\n";
+    let (native_playlist, _) = run_ok(&dir, "native", native, &input);
+    let one = shared_dedup_config(&dir, &["dedup.wasm"], "dedup");
+    let (one_playlist, stats) = run_ok(&dir, "one", &one, &input);
+    assert_eq!(stage(&stats, "filtering")["strategy"], "dedup");
+    assert_eq!(stats["plugin_failures"], 0);
+    assert_eq!(one_playlist, native_playlist);
+    // Its store lost (a Redis that does not answer): each batch's call
+    // fails and falls back to the next candidate, nothing lost.
+    let dead =
+        format!(
+        "{}[filtering.dedup]\nkey = \"tvg_id\"\n[store.redis]\nurl = \"redis://127.0.0.1:1/0\"\n",
+        one.replace("filtering = [\"dedup\"]", "filtering = [\"dedup\", \"native_filter\"]")
+    );
+    let (dead_playlist, stats) = run_ok(&dir, "dead", &dead, &input);
+    assert!(
+        stats["fallbacks"].as_u64().unwrap() > 0,
+        "{}",
+        stats["fallbacks"]
+    );
+    assert_eq!(dead_playlist, native_playlist);
+
+    // In Redis: two instances share the plugin's set, under its own prefix.
+    let Some(redis_server) = Service::shared(Kind::Redis) else {
+        return;
+    };
+    let namespace = unique("plugin");
+    let dir = scratch("plugin-redis");
+    let config = format!(
+        "{}{}",
+        shared_dedup_config(&dir, &["dedup.wasm"], "dedup"),
+        redis_server.redis_section(&namespace)
+    );
+    two_instances_share_one_dedup_set("plugin-two-instances", &config, &redis_server, &namespace);
+    let keys = redis_keys(&redis_server, &namespace);
+    assert!(!keys.is_empty());
+    let prefix = format!("{namespace}:plugin:dedup:claim:");
+    let outside: Vec<&String> = keys
+        .iter()
+        .filter(|key| !key.starts_with(&prefix))
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
 }
 
 /// Feeds the CLI half the playlist on stdin, calls `break_it`, then the

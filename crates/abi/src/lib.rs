@@ -98,13 +98,19 @@ pub mod host_functions {
     pub const WRITE_CHANNELS: &str = "write_channels";
     /// `(key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32`: read a config value.
     pub const GET_CONFIG: &str = "get_config";
+    /// `(keys_ptr: i32, keys_len: i32, out_ptr: i32, out_cap: i32) -> i32`:
+    /// claim dedup keys (a postcard `Vec<&[u8]>`) in the plugin's own shared
+    /// set; writes one byte per key (1 = keep: first claim, 0 = already
+    /// claimed) and returns the count.
+    pub const CLAIM_KEYS: &str = "claim_keys";
     /// Every host function the host knows, in the order of `docs/ABI.md`.
-    pub const ALL: [&str; 5] = [
+    pub const ALL: [&str; 6] = [
         LOG,
         GET_MEMORY_USAGE,
         READ_CHANNELS,
         WRITE_CHANNELS,
         GET_CONFIG,
+        CLAIM_KEYS,
     ];
 }
 

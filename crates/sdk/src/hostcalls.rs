@@ -6,6 +6,9 @@
 //! at init, so a plugin that reads its settings with it does not need
 //! `get_config` on the host's allowlist.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::LogLevel;
 
 #[cfg(target_arch = "wasm32")]
@@ -105,6 +108,123 @@ pub(crate) fn get_config(key: &str, buffer: &mut [u8]) -> ConfigLookup {
             .unwrap_or(ConfigLookup::Missing),
         None => ConfigLookup::TooLong(len),
     }
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "host")]
+extern "C" {
+    #[link_name = "claim_keys"]
+    fn host_claim_keys(keys_ptr: *const u8, keys_len: i32, out_ptr: *mut u8, out_cap: i32) -> i32;
+}
+
+/// Keys longer than this are claimed by a 64-bit hash of theirs instead
+/// (`h:` and 16 hex digits), so any key fits the scratch region.
+pub const MAX_CLAIM_KEY_BYTES: usize = 1024;
+
+/// Claims `keys`, in order, in this plugin's own shared key set (the
+/// `claim_keys` host function, which must be on the host's allowlist):
+/// `keep` gets one entry per key, `true` where this call is the key's first
+/// claim (in this run, or, with a Redis store, by this proxy instance among
+/// all that share it). The host fails the call (and the batch falls back)
+/// if its store fails. Natively (unit tests) the set is the process's,
+/// emptied by [`crate::testing::TestHost::start_run`].
+pub fn claim_keys(keys: &[&[u8]], keep: &mut Vec<bool>) {
+    keep.clear();
+    let long: Vec<String> = keys
+        .iter()
+        .filter(|key| key.len() > MAX_CLAIM_KEY_BYTES)
+        .map(|key| long_key(key))
+        .collect();
+    let mut long = long.iter();
+    let keys: Vec<&[u8]> = keys
+        .iter()
+        .map(|key| match key.len() > MAX_CLAIM_KEY_BYTES {
+            true => long.next().map_or(*key, |short| short.as_bytes()),
+            false => *key,
+        })
+        .collect();
+    claim_chunks(&keys, keep);
+}
+
+/// `h:` and the 64-bit FNV-1a hash of a long key, in hex.
+fn long_key(key: &[u8]) -> String {
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut text = String::from("h:");
+    for shift in (0..16).rev() {
+        let digit = (hash >> (shift * 4)) & 0xf;
+        text.push(char::from(b"0123456789abcdef"[digit as usize]));
+    }
+    text
+}
+
+/// Appends `value` as an unsigned LEB128 varint (postcard's integers).
+#[cfg(target_arch = "wasm32")]
+fn push_varint(out: &mut Vec<u8>, mut value: usize) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Sends the keys in as many `claim_keys` calls as the scratch region
+/// needs, each a postcard `Vec<&[u8]>` followed by room for its answers.
+#[cfg(target_arch = "wasm32")]
+fn claim_chunks(keys: &[&[u8]], keep: &mut Vec<bool>) {
+    let mut encoded = Vec::new();
+    let mut start = 0;
+    while start < keys.len() {
+        let room = crate::arena::SCRATCH_BYTES;
+        // Greedily: each key costs its varint, its bytes and one answer.
+        let mut used = 5;
+        let mut end = start;
+        while end < keys.len() {
+            let cost = 3 + keys[end].len() + 1;
+            if used + cost > room {
+                break;
+            }
+            used += cost;
+            end += 1;
+        }
+        encoded.clear();
+        push_varint(&mut encoded, end - start);
+        for key in &keys[start..end] {
+            push_varint(&mut encoded, key.len());
+            encoded.extend_from_slice(key);
+        }
+        let count = end - start;
+        let answered = crate::arena::with_scratch(|scratch| {
+            let (input, output) = scratch.split_at_mut(encoded.len());
+            input.copy_from_slice(&encoded);
+            // SAFETY: both pointers are exclusive, disjoint slices of the
+            // arena's scratch region; the host reads `input.len()` bytes and
+            // writes at most `count` bytes into `output`.
+            let answered = unsafe {
+                host_claim_keys(
+                    input.as_ptr(),
+                    input.len() as i32,
+                    output.as_mut_ptr(),
+                    count as i32,
+                )
+            };
+            keep.extend(output[..count].iter().map(|&answer| answer == 1));
+            answered
+        });
+        assert_eq!(
+            answered,
+            Some(count as i32),
+            "claim_keys: the host answered for a different number of keys"
+        );
+        start = end;
+    }
+}
+
+/// Native fallback: the test host's set.
+#[cfg(not(target_arch = "wasm32"))]
+fn claim_chunks(keys: &[&[u8]], keep: &mut Vec<bool>) {
+    keep.extend(keys.iter().map(|key| crate::testing::claim_key(key)));
 }
 
 /// Native fallback: the test host keeps the line.

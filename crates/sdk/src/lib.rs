@@ -80,7 +80,7 @@ pub use m3u_proxy_plugin_abi::{
 
 pub use arena::{ARENA_BYTES, DATA_BYTES, SCRATCH_BYTES};
 pub use batch::{Batch, ChannelRef};
-pub use hostcalls::{log, memory_usage};
+pub use hostcalls::{claim_keys, log, memory_usage, MAX_CLAIM_KEY_BYTES};
 
 /// Everything a plugin author needs, in one import.
 pub mod prelude {

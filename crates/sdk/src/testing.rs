@@ -42,6 +42,16 @@ pub(crate) fn record_log(level: LogLevel, message: &str) {
     lock(&LOGS).push((level, message.to_string()));
 }
 
+/// The claimed keys of the current test run (`claim_keys`' native
+/// fallback); emptied by [`TestHost::start_run`].
+static CLAIMED: Mutex<Option<std::collections::HashSet<Vec<u8>>>> = Mutex::new(None);
+
+pub(crate) fn claim_key(key: &[u8]) -> bool {
+    lock(&CLAIMED)
+        .get_or_insert_with(Default::default)
+        .insert(key.to_vec())
+}
+
 pub(crate) fn record_output(bytes: &[u8]) {
     lock(&OUTPUT).extend_from_slice(bytes);
 }
@@ -145,6 +155,7 @@ impl<P: Plugin> TestHost<P> {
         let bytes = postcard::to_allocvec(&context).expect("encodes");
         write_arena(&bytes);
         self.batch_index = 0;
+        *lock(&CLAIMED) = None;
         Ok(dispatcher::check_memory_pressure::<P>(level.as_u32() as i32, bytes.len() as i32) == 1)
     }
 

@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::iter::Peekable;
 
+use m3u_proxy_plugin_sdk::claim_keys;
 use m3u_proxy_plugin_sdk::prelude::*;
 
 pub mod logic;
@@ -76,6 +77,7 @@ impl DedupPlugin {
         self.warned_unfiltered = false;
         self.filtered_batch = None;
         let structure = match self.dedup.structure() {
+            _ if self.dedup.config().mode == Mode::Shared => "the host's shared key set",
             Structure::Exact => "exact set of 64-bit key hashes",
             Structure::Bloom => "Bloom filter",
         };
@@ -163,6 +165,7 @@ impl Plugin for DedupPlugin {
             Mode::Auto => "auto",
             Mode::Exact => "exact",
             Mode::Bloom => "bloom",
+            Mode::Shared => "shared",
         };
         log_info!(
             "dedup: key {:?}, keep {:?}, merge_alternates {}, mode {mode}, Bloom filter {} bytes \
@@ -208,6 +211,10 @@ impl Filter for DedupPlugin {
     ) {
         self.begin_call(ctx);
         let fields = fields_of(batch);
+        if self.dedup.config().mode == Mode::Shared {
+            self.claim(&fields, keep);
+            return;
+        }
         if self.dedup.config().merge_alternates {
             // The same dry run as at data_mapping (same keys, same batch),
             // checked against it, then committed.
@@ -219,6 +226,30 @@ impl Filter for DedupPlugin {
         }
         for (index, decision) in self.decisions.iter().enumerate() {
             if !decision.is_keep() {
+                keep.drop(index);
+            }
+        }
+    }
+}
+
+impl DedupPlugin {
+    /// `mode = "shared"`: keeps the channels whose key the host says this
+    /// instance claims first; keyless channels stay.
+    fn claim(&mut self, fields: &[Fields<'_>], keep: &mut KeepMask) {
+        let mut text = String::new();
+        let mut keys: Vec<String> = Vec::new();
+        let mut keyed = Vec::with_capacity(fields.len());
+        for (index, channel) in fields.iter().enumerate() {
+            if self.dedup.key_text(*channel, &mut text) {
+                keys.push(text.clone());
+                keyed.push(index);
+            }
+        }
+        let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_bytes()).collect();
+        let mut claimed = Vec::with_capacity(keys.len());
+        claim_keys(&keys, &mut claimed);
+        for (&index, &first) in keyed.iter().zip(&claimed) {
+            if !first {
                 keep.drop(index);
             }
         }
@@ -301,6 +332,54 @@ impl<I: Iterator<Item = (u32, String)>> Mapper for Attach<I> {
             patches.set_attribute(ALTERNATES_ATTRIBUTE, value);
         }
         self.index += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m3u_proxy_plugin_sdk::testing::TestHost;
+
+    fn channel(tvg_id: &str, name: &str) -> Channel<'static> {
+        Channel {
+            tvg_id: String::from(tvg_id).into(),
+            channel_name: String::from(name).into(),
+            ..Channel::default()
+        }
+    }
+
+    fn names(batch: &[Channel<'_>]) -> Vec<String> {
+        batch.iter().map(|c| c.channel_name.to_string()).collect()
+    }
+
+    #[test]
+    fn shared_mode_claims_keys_through_the_host_and_forgets_them_each_run() {
+        let mut host = TestHost::<DedupPlugin>::new(&[("mode", "shared")]).unwrap();
+        host.start_run(MemoryPressureLevel::Optimal, "").unwrap();
+        let mut first = vec![
+            channel("a.us", "A"),
+            channel(" A.US ", "A again"),
+            channel("", "no key"),
+            channel("b.us", "B"),
+        ];
+        host.run(Stage::Filtering, &mut first).unwrap();
+        assert_eq!(names(&first), ["A", "no key", "B"]);
+        let mut second = vec![channel("b.us", "B later"), channel("c.us", "C")];
+        host.run(Stage::Filtering, &mut second).unwrap();
+        assert_eq!(names(&second), ["C"]);
+        // A new run claims anew.
+        host.start_run(MemoryPressureLevel::Optimal, "").unwrap();
+        let mut again = vec![channel("b.us", "B")];
+        host.run(Stage::Filtering, &mut again).unwrap();
+        assert_eq!(names(&again), ["B"]);
+    }
+
+    #[test]
+    fn shared_mode_keeps_only_the_first_copy() {
+        let error = TestHost::<DedupPlugin>::new(&[("mode", "shared"), ("keep", "best")])
+            .err()
+            .expect("refused");
+        assert!(error.message.contains("keep = \"first\""), "{error}");
     }
 }
 

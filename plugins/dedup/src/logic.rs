@@ -143,6 +143,10 @@ pub enum Mode {
     Exact,
     /// Always the Bloom filter.
     Bloom,
+    /// The host's key set (`claim_keys`): per run in the host's memory, or
+    /// in Redis shared by every proxy instance of one namespace when the
+    /// host has `[store.redis]`. `keep = "first"` only.
+    Shared,
 }
 
 /// The structure a run actually uses.
@@ -222,9 +226,11 @@ impl Config {
                 "auto" => Mode::Auto,
                 "exact" => Mode::Exact,
                 "bloom" => Mode::Bloom,
+                "shared" => Mode::Shared,
                 _ => {
                     return Err(format!(
-                        "dedup: mode = {mode:?} is not valid; use \"auto\", \"exact\" or \"bloom\""
+                        "dedup: mode = {mode:?} is not valid; use \"auto\", \"exact\", \
+                         \"bloom\" or \"shared\""
                     ))
                 }
             };
@@ -250,6 +256,13 @@ impl Config {
                     ))
                 }
             };
+        }
+        if config.mode == Mode::Shared && (config.keep != Keep::First || config.merge_alternates) {
+            return Err(
+                "dedup: mode = \"shared\" keeps the first copy each proxy instance \
+                        claims: it takes keep = \"first\" without merge_alternates"
+                    .to_string(),
+            );
         }
         let bloom_bytes =
             Bloom::size_bytes(config.expected_channels, config.bloom_false_positive_rate);
@@ -783,7 +796,7 @@ impl Dedup {
     /// exact set below [`PRESSURE_HIGH`], the Bloom filter from it on.
     pub fn start_run(&mut self, pressure_level: u32) {
         let bloom = match self.config.mode {
-            Mode::Exact => false,
+            Mode::Exact | Mode::Shared => false,
             Mode::Bloom => true,
             Mode::Auto => pressure_level >= PRESSURE_HIGH,
         };
@@ -825,6 +838,24 @@ impl Dedup {
             Seen::Exact(set) => set.memory_bytes(),
             Seen::Bloom(bloom) => bloom.memory_bytes(),
         }
+    }
+
+    /// The channel's normalised key as text (its parts joined by U+001F),
+    /// what `mode = "shared"` claims; `false` when the key is empty.
+    pub fn key_text(&self, fields: Fields<'_>, out: &mut String) -> bool {
+        let key = self.config.key;
+        out.clear();
+        let part = |out: &mut String, write: &dyn Fn(&mut String)| {
+            if !out.is_empty() {
+                out.push('\u{1f}');
+            }
+            let start = out.len();
+            write(out);
+            out.len() > start
+        };
+        (!key.tvg_id || part(out, &|out| normalize_tvg_id(fields.tvg_id, out)))
+            && (!key.name || part(out, &|out| normalize_name(fields.name, out)))
+            && (!key.url || part(out, &|out| out.push_str(trim(fields.url))))
     }
 
     /// The 64-bit hash of the channel's normalised key, or `None` when the
