@@ -5,7 +5,10 @@
 //! numbering barrier plain, LZ4, zstd and on disk, and sorted output in
 //! memory against the external merge sort spilling to disk (the ratio of
 //! the two is printed at the end), and whole-playlist dedup (`keep = "best"`
-//! over the store, plain and on disk). Each run is a separate
+//! over the store, plain and on disk); the numbering barrier and the sorted
+//! writer spilling to Redis and to an S3-compatible server (Garage) beside
+//! the disk tier, when `M3U_TEST_REDIS_URL` / `M3U_TEST_S3_*` name them
+//! (`.ci/services start redis|garage DIR` prints them). Each run is a separate
 //! process, so its peak RSS (`VmHWM`, from `--stats-json`) is its own.
 //! Prints time, channels/s and peak RSS beside the native-only run of the
 //! same size, measured in the same bench run.
@@ -124,7 +127,34 @@ fn setups() -> Vec<Setup> {
         "[filtering.dedup]\nkey = \"name\"\nkeep = \"best\"\nmerge_alternates = true\n\
          {native}filtering = [\"inmemory_filter\"]\n"
     );
-    vec![
+    let mut remote = Vec::new();
+    if let Ok(url) = std::env::var("M3U_TEST_REDIS_URL") {
+        remote.push((
+            "redis",
+            format!("[store.redis]\nurl = {url:?}\nnamespace = \"m3u-bench\"\n"),
+        ));
+    }
+    if let Ok(endpoint) = std::env::var("M3U_TEST_S3_ENDPOINT") {
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        remote.push((
+            "s3",
+            format!(
+                "[store.s3]\nendpoint = {endpoint:?}\nbucket = {:?}\nregion = {:?}\n\
+                 access_key_id = {:?}\nsecret_access_key = {:?}\nprefix = \"m3u-bench\"\n",
+                var("M3U_TEST_S3_BUCKET"),
+                var("M3U_TEST_S3_REGION"),
+                var("M3U_TEST_S3_ACCESS_KEY_ID"),
+                var("M3U_TEST_S3_SECRET_ACCESS_KEY")
+            ),
+        ));
+    }
+    if remote.is_empty() {
+        println!(
+            "(no M3U_TEST_REDIS_URL / M3U_TEST_S3_ENDPOINT: the Redis and S3 rows are left out; \
+             `.ci/services start redis DIR` and `start garage DIR` print them)"
+        );
+    }
+    let mut setups = vec![
         Setup {
             label: "native only (baseline)",
             pressure: "high",
@@ -223,7 +253,34 @@ fn setups() -> Vec<Setup> {
             strategies: IN_MEMORY,
             drops: false,
         },
-    ]
+    ];
+    // Critical pressure with `spill_to`: every held block goes to the
+    // server from the first batch, as the disk rows above go to disk.
+    for (backend, section) in remote {
+        let spill_to = format!("{}spill_to = {backend:?}\n{section}", store("lz4"));
+        let (barrier_label, sorted_label) = match backend {
+            "redis" => (
+                "native, numbering barrier, redis",
+                "native, sorted, redis spill",
+            ),
+            _ => ("native, numbering barrier, s3", "native, sorted, s3 spill"),
+        };
+        setups.push(Setup {
+            label: barrier_label,
+            pressure: "critical",
+            toml: format!("{spill_to}{barrier}"),
+            strategies: NUMBERING_BARRIER,
+            drops: false,
+        });
+        setups.push(Setup {
+            label: sorted_label,
+            pressure: "critical",
+            toml: format!("{spill_to}{sorted}"),
+            strategies: SORTED,
+            drops: false,
+        });
+    }
+    setups
 }
 
 struct Measured {
@@ -313,6 +370,8 @@ fn main() {
     );
     let mut streaming_rss = Vec::new();
     let mut sorted_times = Vec::new();
+    // (size, label, ms, RSS MiB, stored MiB) of the disk and remote spills.
+    let mut spills = Vec::new();
     // The time the plugin stages add to the native run, with one worker
     // and with two (the native baseline is one thread either way: it has
     // no rules to run in parallel).
@@ -351,8 +410,13 @@ fn main() {
             if setup.label == "3 plugins, streaming" {
                 streaming_rss.push((size, best.rss_mib));
             }
-            if setup.label.starts_with("native, sorted") {
+            if setup.label == "native, sorted, in memory"
+                || setup.label == "native, sorted, disk spill"
+            {
                 sorted_times.push((size, setup.label, best.millis, best.rss_mib));
+            }
+            if setup.pressure == "critical" && !setup.label.contains("dedup") {
+                spills.push((size, setup.label, best.millis, best.rss_mib, best.held_mib));
             }
             if setup.label == "3 plugins, streaming" {
                 one_worker = Some(best.millis - baseline.0);
@@ -382,6 +446,29 @@ fn main() {
                 "sorted output, {size} channels: disk spill takes {:.2}x the in-memory time, \
                  peak RSS {disk_rss:.1} MiB",
                 disk_ms / memory_ms
+            );
+        }
+    }
+    // Each remote spill beside the disk spill of the same holder and size;
+    // every stored byte is written once and read back once.
+    for &(size, label, millis, rss, held) in &spills {
+        let holder = if label.contains("barrier") {
+            "numbering barrier"
+        } else {
+            "sorted"
+        };
+        let Some(&(_, _, disk_ms, _, _)) = spills
+            .iter()
+            .find(|s| s.0 == size && s.1.contains(holder) && s.1.contains("disk"))
+        else {
+            continue;
+        };
+        if !label.contains("disk") {
+            println!(
+                "{label}, {size} channels: {millis:.0} ms ({:.2}x the disk spill), peak RSS \
+                 {rss:.1} MiB, {:.1} MiB moved ({held:.1} MiB stored, written and read back)",
+                millis / disk_ms,
+                2.0 * held
             );
         }
     }
