@@ -7,6 +7,14 @@
 //! Hand-written WAT plugins (`plugins/*/*.wat`) are assembled with the `wat`
 //! crate into `target/plugins/<file stem>.wasm`.
 //!
+//! Plugins in other languages (C, Zig, AssemblyScript: a directory of
+//! `plugins/` with a `build.sh` and no `Cargo.toml`) are built by their
+//! `build.sh <output.wasm>` into `target/plugins/<dir, - as _>.wasm`, with
+//! `M3U_FOREIGN_BUILD_DIR` pointing at a scratch directory under `target/`
+//! for their caches. A missing compiler does not stop the host's build: the
+//! script's message (how to install it) becomes a cargo warning, and the
+//! tests that need the plugin say so.
+//!
 //! Set `M3U_SKIP_PLUGIN_BUILD=1` to skip this (e.g. inside a cross container
 //! without the wasm target); tests that need plugins will then say so.
 
@@ -62,6 +70,11 @@ fn main() {
     }
 
     compile_wat_plugins(&manifest_dir.join("plugins"), &target_dir.join("plugins"));
+    build_foreign_plugins(
+        &manifest_dir.join("plugins"),
+        &target_dir.join("plugins"),
+        &target_dir.join("foreign-build"),
+    );
 
     let mut packages = Vec::new();
     for (dir, out_dir, _) in &groups {
@@ -162,6 +175,52 @@ fn compile_wat_plugins(dir: &Path, out_dir: &Path) {
         fs::create_dir_all(out_dir).expect("create plugin output directory");
         let to = out_dir.join(format!("{stem}.wasm"));
         fs::write(&to, wasm).unwrap_or_else(|error| panic!("write {}: {error}", to.display()));
+    }
+}
+
+/// Runs `dir/<plugin>/build.sh <out_dir>/<plugin, - as _>.wasm` for every
+/// directory with a `build.sh` and no `Cargo.toml`. A failure (a missing
+/// compiler, most often) removes any older output and becomes a warning
+/// carrying the script's message.
+fn build_foreign_plugins(dir: &Path, out_dir: &Path, scratch: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut plugins: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.join("build.sh").is_file() && !path.join("Cargo.toml").exists())
+        .collect();
+    plugins.sort();
+    for plugin in plugins {
+        let dir_name = plugin
+            .file_name()
+            .expect("a directory has a name")
+            .to_string_lossy()
+            .into_owned();
+        let name = dir_name.replace('-', "_");
+        fs::create_dir_all(out_dir).expect("create plugin output directory");
+        let out = out_dir.join(format!("{name}.wasm"));
+        let build_dir = scratch.join(&dir_name);
+        fs::create_dir_all(&build_dir).expect("create the foreign build directory");
+        let result = Command::new("sh")
+            .arg(plugin.join("build.sh"))
+            .arg(&out)
+            .current_dir(&plugin)
+            .env("M3U_FOREIGN_BUILD_DIR", &build_dir)
+            .stdin(std::process::Stdio::null())
+            .output();
+        let problem = match result {
+            Ok(output) if output.status.success() && out.is_file() => continue,
+            Ok(output) => {
+                let text = String::from_utf8_lossy(&output.stderr);
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                lines[lines.len().saturating_sub(6)..].join(" | ")
+            }
+            Err(error) => format!("could not run sh: {error}"),
+        };
+        let _ = fs::remove_file(&out);
+        println!("cargo:warning=plugin {name} ({dir_name}) not built: {problem}");
     }
 }
 

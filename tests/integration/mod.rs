@@ -5,6 +5,7 @@ pub mod common;
 pub mod config_at_init;
 #[path = "../support/derived_playlist.rs"]
 pub mod derived_playlist;
+pub mod foreign_plugins;
 pub mod fuzz_regressions;
 pub mod hostile;
 pub mod http_sources;

@@ -1010,7 +1010,7 @@ fn config_errors_fail_init_and_say_what_is_allowed() {
         (
             "mode",
             "fast",
-            &["mode", "\"auto\", \"exact\" or \"bloom\""],
+            &["mode", "\"auto\", \"exact\", \"bloom\" or \"shared\""],
         ),
         (
             "merge_alternates",

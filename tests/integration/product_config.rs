@@ -97,14 +97,23 @@ fn the_product_configuration_runs_as_written() {
     assert_ne!(product, PRODUCT_CONFIG, "plugin_directory was pointed");
     let (stats, playlist) = run("product", &format!("{product}{SPORTS_SETTINGS}"));
 
-    // Every SDK plugin loads under this allowlist; only the hand-written
-    // WAT plugin, which imports `get_config`, is refused (and named).
+    // Every SDK plugin loads under this allowlist but dedup_shared, which
+    // imports `claim_keys`; and the hand-written WAT plugin, which imports
+    // `get_config`: both refused, and named.
     let refused = stats["plugin_load_errors"].as_array().unwrap();
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert!(
-        refused[0].as_str().unwrap().contains("dedup_wat.wasm"),
-        "{refused:?}"
-    );
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for (file, import) in [
+        ("dedup_shared.wasm", "claim_keys"),
+        ("dedup_wat.wasm", "get_config"),
+    ] {
+        assert!(
+            refused.iter().any(|error| {
+                let error = error.as_str().unwrap();
+                error.contains(file) && error.contains(import)
+            }),
+            "{file}: {refused:?}"
+        );
+    }
     let loading = stage(&stats, "source_loading");
     assert_eq!(loading["strategy"], "inmemory_full");
     let reason = loading["reason"].as_str().unwrap();

@@ -376,12 +376,12 @@ fn two_instances_with_redis_spill_drop_every_cross_source_duplicate_exactly_once
     two_instances_share_one_dedup_set("two-instances", &config, &redis_server, &namespace);
 }
 
-/// The `dedup` plugin with `mode = "shared"` (its key set through the
-/// `claim_keys` host function), from a plugin directory of `files`.
+/// The `dedup_shared` plugin (dedup's `shared` build: its key set through
+/// the `claim_keys` host function), from a plugin directory of `files`.
 fn shared_dedup_config(dir: &Path, files: &[&str], filtering: &str) -> String {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    let built = Path::new(env!("M3U_EXAMPLE_PLUGIN_DIR")).join("dedup.wasm");
+    let built = Path::new(env!("M3U_EXAMPLE_PLUGIN_DIR")).join("dedup_shared.wasm");
     for file in files {
         std::fs::copy(&built, plugins.join(file)).unwrap();
     }
@@ -390,29 +390,31 @@ fn shared_dedup_config(dir: &Path, files: &[&str], filtering: &str) -> String {
          [proxy_generation.wasm_plugins.security]\n\
          allowed_host_functions = [\"log\", \"read_channels\", \"write_channels\", \"claim_keys\"]\n\
          [proxy_generation.wasm_plugins.strategies]\nfiltering = [{filtering:?}]\n\
-         [plugins.dedup]\nmode = \"shared\"\n"
+         [plugins.dedup_shared]\nkey = \"tvg_id\"\n"
     )
 }
 
 #[test]
-fn the_dedup_plugin_shares_its_key_set_through_the_host_in_memory_and_in_redis() {
+fn the_dedup_shared_plugin_shares_its_key_set_through_the_host_in_memory_and_in_redis() {
     // In memory (no [store.redis]): the same as the native streaming dedup.
     let dir = scratch("plugin-memory");
     let input = repo_path(PLAYLIST_FIXTURE);
     let native = "[filtering.dedup]\nkey = \"tvg_id\"\n[proxy_generation.wasm_plugins]\n\
                   enabled = false\n";
     let (native_playlist, _) = run_ok(&dir, "native", native, &input);
-    let one = shared_dedup_config(&dir, &["dedup.wasm"], "dedup");
+    let one = shared_dedup_config(&dir, &["dedup_shared.wasm"], "dedup_shared");
     let (one_playlist, stats) = run_ok(&dir, "one", &one, &input);
-    assert_eq!(stage(&stats, "filtering")["strategy"], "dedup");
+    assert_eq!(stage(&stats, "filtering")["strategy"], "dedup_shared");
     assert_eq!(stats["plugin_failures"], 0);
     assert_eq!(one_playlist, native_playlist);
     // Its store lost (a Redis that does not answer): each batch's call
     // fails and falls back to the next candidate, nothing lost.
-    let dead =
-        format!(
+    let dead = format!(
         "{}[filtering.dedup]\nkey = \"tvg_id\"\n[store.redis]\nurl = \"redis://127.0.0.1:1/0\"\n",
-        one.replace("filtering = [\"dedup\"]", "filtering = [\"dedup\", \"native_filter\"]")
+        one.replace(
+            "filtering = [\"dedup_shared\"]",
+            "filtering = [\"dedup_shared\", \"native_filter\"]",
+        )
     );
     let (dead_playlist, stats) = run_ok(&dir, "dead", &dead, &input);
     assert!(
@@ -430,13 +432,13 @@ fn the_dedup_plugin_shares_its_key_set_through_the_host_in_memory_and_in_redis()
     let dir = scratch("plugin-redis");
     let config = format!(
         "{}{}",
-        shared_dedup_config(&dir, &["dedup.wasm"], "dedup"),
+        shared_dedup_config(&dir, &["dedup_shared.wasm"], "dedup_shared"),
         redis_server.redis_section(&namespace)
     );
     two_instances_share_one_dedup_set("plugin-two-instances", &config, &redis_server, &namespace);
     let keys = redis_keys(&redis_server, &namespace);
     assert!(!keys.is_empty());
-    let prefix = format!("{namespace}:plugin:dedup:claim:");
+    let prefix = format!("{namespace}:plugin:dedup_shared:claim:");
     let outside: Vec<&String> = keys
         .iter()
         .filter(|key| !key.starts_with(&prefix))

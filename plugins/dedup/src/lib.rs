@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::iter::Peekable;
 
+#[cfg(feature = "shared")]
 use m3u_proxy_plugin_sdk::claim_keys;
 use m3u_proxy_plugin_sdk::prelude::*;
 
@@ -160,7 +161,20 @@ impl Plugin for DedupPlugin {
     }
 
     fn init(&mut self) -> Result<(), PluginError> {
-        let config = Config::from_lookup(config::get).map_err(PluginError::Config)?;
+        // The `shared` build (dedup_shared) claims keys through the host by
+        // default; plain dedup cannot (it does not import claim_keys).
+        let default_mode = cfg!(feature = "shared").then(|| "shared".to_string());
+        let lookup = |key: &str| {
+            config::get(key).or_else(|| (key == "mode").then(|| default_mode.clone()).flatten())
+        };
+        let config = Config::from_lookup(lookup).map_err(PluginError::Config)?;
+        if config.mode == Mode::Shared && !cfg!(feature = "shared") {
+            return Err(PluginError::Config(
+                "dedup: mode = \"shared\" needs the dedup_shared build of this plugin \
+                 (plugins/dedup-shared), which imports the claim_keys host function"
+                    .to_string(),
+            ));
+        }
         let mode = match config.mode {
             Mode::Auto => "auto",
             Mode::Exact => "exact",
@@ -235,6 +249,7 @@ impl Filter for DedupPlugin {
 impl DedupPlugin {
     /// `mode = "shared"`: keeps the channels whose key the host says this
     /// instance claims first; keyless channels stay.
+    #[cfg(feature = "shared")]
     fn claim(&mut self, fields: &[Fields<'_>], keep: &mut KeepMask) {
         let mut text = String::new();
         let mut keys: Vec<String> = Vec::new();
@@ -254,6 +269,12 @@ impl DedupPlugin {
             }
         }
     }
+}
+
+#[cfg(not(feature = "shared"))]
+impl DedupPlugin {
+    /// Never called: `init` refuses `mode = "shared"` in this build.
+    fn claim(&mut self, _fields: &[Fields<'_>], _keep: &mut KeepMask) {}
 }
 
 impl Mapper for DedupPlugin {
@@ -335,7 +356,7 @@ impl<I: Iterator<Item = (u32, String)>> Mapper for Attach<I> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "shared"))]
 mod tests {
     use super::*;
     use m3u_proxy_plugin_sdk::testing::TestHost;
@@ -354,7 +375,7 @@ mod tests {
 
     #[test]
     fn shared_mode_claims_keys_through_the_host_and_forgets_them_each_run() {
-        let mut host = TestHost::<DedupPlugin>::new(&[("mode", "shared")]).unwrap();
+        let mut host = TestHost::<DedupPlugin>::new(&[]).unwrap();
         host.start_run(MemoryPressureLevel::Optimal, "").unwrap();
         let mut first = vec![
             channel("a.us", "A"),
@@ -383,4 +404,21 @@ mod tests {
     }
 }
 
+#[cfg(all(test, not(feature = "shared")))]
+mod plain_tests {
+    use super::*;
+    use m3u_proxy_plugin_sdk::testing::TestHost;
+
+    #[test]
+    fn shared_mode_needs_the_shared_build() {
+        let error = TestHost::<DedupPlugin>::new(&[("mode", "shared")])
+            .err()
+            .expect("refused");
+        assert!(error.message.contains("dedup_shared"), "{error}");
+    }
+}
+
+#[cfg(feature = "shared")]
+export_plugin!(DedupPlugin, "dedup_shared");
+#[cfg(not(feature = "shared"))]
 export_plugin!(DedupPlugin, "dedup");
