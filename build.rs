@@ -55,6 +55,7 @@ fn main() {
         "tests/plugins",
         "crates/sdk/src",
         "crates/abi/src",
+        "sdk-c",
         "Cargo.toml",
         "Cargo.lock",
     ] {

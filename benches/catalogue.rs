@@ -56,11 +56,21 @@ fn context(stage: Stage, batch_index: usize) -> StageContext<'static> {
 
 /// One plugin loaded with its settings.
 fn slot(file: &str, settings: &[(&str, &str)]) -> PluginSlot {
+    slot_at(
+        &PathBuf::from(env!("M3U_EXAMPLE_PLUGIN_DIR")).join(file),
+        settings,
+    )
+}
+
+/// A plugin file loaded with its settings.
+fn slot_at(path: &std::path::Path, settings: &[(&str, &str)]) -> PluginSlot {
+    let file = path.file_name().unwrap().to_string_lossy().into_owned();
+    let file = file.as_str();
     let allowed: Vec<String> = m3u_plugin_host::abi::host_functions::ALL
         .map(String::from)
         .to_vec();
     let runtime = PluginRuntime::new(RuntimeLimits::default(), &allowed).expect("runtime");
-    let path = PathBuf::from(env!("M3U_EXAMPLE_PLUGIN_DIR")).join(file);
+    let path = path.to_path_buf();
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (run `cargo build` first)", path.display()));
     let name = file.trim_end_matches(".wasm").to_string();
@@ -303,6 +313,76 @@ fn dedup_rows(input: &[Vec<OwnedChannel>]) -> Vec<Row> {
         .collect()
 }
 
+/// The plugins written in C, Zig and AssemblyScript beside their Rust
+/// twins (both are Wasm here): `(label, plugin, twin, twin's directory,
+/// stage)`.
+const FOREIGN: [(&str, &str, &str, &str, Stage); 3] = [
+    (
+        "url_rewriter_c  vs url_rewriter (Rust)",
+        "url_rewriter_c",
+        "url_rewriter",
+        env!("M3U_EXAMPLE_PLUGIN_DIR"),
+        Stage::M3uGeneration,
+    ),
+    (
+        "url_rewriter_as vs url_rewriter (Rust)",
+        "url_rewriter_as",
+        "url_rewriter",
+        env!("M3U_EXAMPLE_PLUGIN_DIR"),
+        Stage::M3uGeneration,
+    ),
+    (
+        "drop_adult_zig  vs drop_adult (Rust)  ",
+        "drop_adult_zig",
+        "drop_adult",
+        env!("M3U_TEST_PLUGIN_DIR"),
+        Stage::Filtering,
+    ),
+];
+
+/// Each non-Rust plugin timed against its Rust twin over the same batches
+/// (outputs compared first): both go through the same host path, so the
+/// ratio is the languages' code, not the boundary.
+fn foreign_rows(input: &[Vec<OwnedChannel>]) {
+    let channels: usize = input.iter().map(Vec::len).sum();
+    for (label, plugin, twin, twin_dir, stage) in FOREIGN {
+        let path = PathBuf::from(env!("M3U_EXAMPLE_PLUGIN_DIR")).join(format!("{plugin}.wasm"));
+        if !path.is_file() {
+            println!("  {label}: {plugin}.wasm not built (see the cargo warnings), left out");
+            continue;
+        }
+        let mut foreign = slot_at(&path, &[]);
+        let mut rust = slot_at(&PathBuf::from(twin_dir).join(format!("{twin}.wasm")), &[]);
+        let fuel_before = rust.total_stats().fuel_consumed;
+        let row = {
+            let mut rust_pass = |index: usize, batch: &mut Vec<OwnedChannel>| {
+                if index == 0 {
+                    let run = m3u_plugin_host::abi::RunContext {
+                        memory_pressure: MemoryPressureLevel::Optimal,
+                        base_url: BASE_URL.into(),
+                        ..m3u_plugin_host::abi::RunContext::default()
+                    };
+                    rust.start_run(MemoryPressureLevel::Optimal, &run)
+                        .expect("pressure check");
+                }
+                rust.run(stage, &context(stage, index), batch)
+                    .unwrap_or_else(|e| panic!("{twin}: {e}"));
+            };
+            compare(label, input, stage, &mut foreign, &mut rust_pass)
+        };
+        let twin_fuel =
+            (rust.total_stats().fuel_consumed - fuel_before) as f64 / (channels * ROUNDS) as f64;
+        println!(
+            "  {label}: {:>10.0} ch/s vs {:>10.0} ch/s ({:.2}x the twin's time), fuel/channel {:.0} vs {:.0}",
+            channels as f64 / row.wasm.as_secs_f64(),
+            channels as f64 / row.native.as_secs_f64(),
+            row.wasm.as_secs_f64() / row.native.as_secs_f64(),
+            row.fuel_per_channel,
+            twin_fuel
+        );
+    }
+}
+
 fn main() {
     on_pipeline_thread(run);
 }
@@ -327,4 +407,9 @@ fn run() {
             row.fuel_per_channel
         );
     }
+    println!(
+        "plugins in C, Zig and AssemblyScript vs their Rust twins (both Wasm, same host path), \
+         same batches, best of {ROUNDS}:"
+    );
+    foreign_rows(&input);
 }
