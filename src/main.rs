@@ -24,6 +24,21 @@ struct Cli {
     command: Command,
 }
 
+/// Prints a line to standard output. A closed pipe (`… | head`) ends the
+/// process quietly, as command-line tools do; `println!` would panic there,
+/// and the release build aborts on a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        if let Err(error) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: writing to standard output: {error}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 /// `m3u-plugin-host run`.
 #[derive(clap::Args)]
 struct RunArgs {
@@ -194,7 +209,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             command: PluginCommand::Sign { file, key },
         } => {
             let signature = m3u_plugin_host::signing::sign_file(&file, &key)?;
-            println!("wrote {}", signature.display());
+            say!("wrote {}", signature.display());
             Ok(())
         }
         Command::Plugins {
@@ -206,10 +221,10 @@ fn run_cli(cli: Cli) -> Result<()> {
             let security = &config.proxy_generation.wasm_plugins.security;
             match m3u_plugin_host::signing::check_plugin(&bytes, &file, security)? {
                 m3u_plugin_host::signing::SignatureState::Signed { key } => {
-                    println!("{}: valid signature by trusted key {key}", file.display())
+                    say!("{}: valid signature by trusted key {key}", file.display())
                 }
                 m3u_plugin_host::signing::SignatureState::Unsigned => {
-                    println!(
+                    say!(
                         "{}: unsigned (allowed: require_signatures = false)",
                         file.display()
                     )
@@ -234,7 +249,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             let dictionary = m3u_plugin_host::store::train_dictionary(&channels, max_size)?;
             std::fs::write(&out, &dictionary)
                 .with_context(|| format!("writing {}", out.display()))?;
-            println!(
+            say!(
                 "{} byte dictionary from {} channels written to {}; set [store] compression = \"zstd\" and zstd_dictionary = \"{}\"",
                 dictionary.len(),
                 channels.len(),
@@ -245,8 +260,8 @@ fn run_cli(cli: Cli) -> Result<()> {
         }
         Command::Keygen { out } => {
             let public = m3u_plugin_host::signing::write_keypair(&out)?;
-            println!("secret key written to {}", out.display());
-            println!("public key (add it to trusted_keys): {public}");
+            say!("secret key written to {}", out.display());
+            say!("public key (add it to trusted_keys): {public}");
             Ok(())
         }
         Command::Serve {
@@ -308,11 +323,11 @@ fn list(config_path: &Path, json: bool) -> Result<()> {
             "idle": idle,
             "not_loaded": pipeline.load_errors(),
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     for plugin in &plugins {
-        println!(
+        say!(
             "{} {}  stages: {}  memory: {} B min, {} B recommended, up to {} pressure  \
              signature: {}  health: {} (init fuel {})",
             plugin["name"].as_str().unwrap_or_default(),
@@ -338,7 +353,7 @@ fn list(config_path: &Path, json: bool) -> Result<()> {
         );
     }
     for plugin in &idle {
-        println!(
+        say!(
             "idle: {} (valid, signature: {}; not instantiated, as no strategy names it: \
              `plugins inspect` it to see its name and stages)",
             plugin["file"].as_str().unwrap_or_default(),
@@ -346,7 +361,7 @@ fn list(config_path: &Path, json: bool) -> Result<()> {
         );
     }
     for error in pipeline.load_errors() {
-        println!("not loaded: {error}");
+        say!("not loaded: {error}");
     }
     Ok(())
 }
@@ -531,7 +546,7 @@ fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
                 "signature": signature,
                 "problems": problems,
             });
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            say!("{}", serde_json::to_string_pretty(&report)?);
         }
         anyhow::bail!(
             "{} is refused, {} problem{}:\n  - {}",
@@ -577,18 +592,18 @@ fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
         "exports": compiled.exports(),
     });
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{} {} — {}", info.name, info.version, info.description);
-        println!(
+        say!("{} {} — {}", info.name, info.version, info.description);
+        say!(
             "  file:        {} ({} bytes)",
             file.display(),
             compiled.size_bytes()
         );
-        println!("  abi version: {}", m3u_plugin_host::abi::ABI_VERSION);
-        println!("  signature:   {signature}");
-        println!("  stages:      {}", stages.join(", "));
-        println!(
+        say!("  abi version: {}", m3u_plugin_host::abi::ABI_VERSION);
+        say!("  signature:   {signature}");
+        say!("  stages:      {}", stages.join(", "));
+        say!(
             "  reads:       {}",
             if reads.is_empty() {
                 "nothing (ids only)".into()
@@ -596,11 +611,11 @@ fn inspect(file: &Path, config_path: Option<&Path>, json: bool) -> Result<()> {
                 reads.join(", ")
             }
         );
-        println!("  max pressure: {}", info.memory.max_pressure.name());
-        println!("  arena:       {} bytes", instance.arena_capacity());
-        println!("  init fuel:   {}", instance.stats().fuel_consumed);
-        println!("  imports:     {}", compiled.imports().join(", "));
-        println!("  exports:     {}", compiled.exports().join(", "));
+        say!("  max pressure: {}", info.memory.max_pressure.name());
+        say!("  arena:       {} bytes", instance.arena_capacity());
+        say!("  init fuel:   {}", instance.stats().fuel_consumed);
+        say!("  imports:     {}", compiled.imports().join(", "));
+        say!("  exports:     {}", compiled.exports().join(", "));
     }
     Ok(())
 }

@@ -505,3 +505,22 @@ fn plugins_inspect_reads_the_wat_dedup_plugin() {
         ]
     );
 }
+
+#[test]
+fn a_closed_standard_output_ends_a_listing_quietly() {
+    // `m3u-plugin-host plugins inspect … | head -1`: the reader is gone
+    // before the listing is written. The process must end with success and
+    // no panic (println! would panic, and the release build aborts).
+    let mut child = bin()
+        .args(["plugins", "inspect"])
+        .arg(Path::new(env!("M3U_EXAMPLE_PLUGIN_DIR")).join("dedup.wasm"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
