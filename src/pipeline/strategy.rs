@@ -372,13 +372,7 @@ impl Pipeline {
                 let Some(redis) = &store.redis else {
                     return Some(format!("needs {service}; add a [store.redis] section"));
                 };
-                crate::remote::RedisAddress::parse(
-                    &redis.url,
-                    Duration::from_millis(redis.connect_timeout_ms),
-                    Duration::from_millis(redis.io_timeout_ms),
-                )
-                .and_then(|address| crate::remote::Redis::connect(&address))
-                .map(drop)
+                crate::remote::Redis::open(redis).map(drop)
             }
             _ => Ok(()),
         };
@@ -395,12 +389,7 @@ impl Pipeline {
         let redis = self.config.store.redis.as_ref().ok_or_else(|| {
             Error::config_key("store.redis", "redis_spill needs a [store.redis] section")
         })?;
-        let address = crate::remote::RedisAddress::parse(
-            &redis.url,
-            Duration::from_millis(redis.connect_timeout_ms),
-            Duration::from_millis(redis.io_timeout_ms),
-        )?;
-        let connection = crate::remote::Redis::connect(&address)?;
+        let connection = crate::remote::Redis::open(redis)?;
         let instance = self.config.redis_instance();
         Ok(crate::remote::RedisClaims::new(
             connection,

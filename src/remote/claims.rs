@@ -11,12 +11,10 @@
 //! free again. Nothing of this is held in the host's memory but one batch's
 //! keys.
 
-use std::collections::HashSet;
-use std::time::Duration;
-
-use super::redis::{Redis, RedisAddress, Reply};
+use super::redis::{Redis, Reply};
 use crate::config::RedisConfig;
 use crate::Result;
+use std::collections::HashSet;
 
 /// Where plugins' key claims (the `claim_keys` host function) live: in the
 /// host's memory for one run (no `[store.redis]`), or in Redis, shared with
@@ -47,20 +45,13 @@ impl ClaimsBackend {
                 seen: HashSet::new(),
                 bytes: 0,
             }),
-            ClaimsBackend::Redis { config, instance } => {
-                let address = RedisAddress::parse(
-                    &config.url,
-                    Duration::from_millis(config.connect_timeout_ms),
-                    Duration::from_millis(config.io_timeout_ms),
-                )?;
-                Ok(KeyClaims::Redis(RedisClaims::new(
-                    Redis::connect(&address)?,
-                    &format!("{}:plugin:{scope}", config.namespace),
-                    instance,
-                    &super::run_id(),
-                    config.claim_ttl_seconds,
-                )))
-            }
+            ClaimsBackend::Redis { config, instance } => Ok(KeyClaims::Redis(RedisClaims::new(
+                Redis::open(config)?,
+                &format!("{}:plugin:{scope}", config.namespace),
+                instance,
+                &super::run_id(),
+                config.claim_ttl_seconds,
+            ))),
         }
     }
 }

@@ -112,6 +112,19 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// Connects to the `[store.redis]` server ([`Redis::connect`]).
+    ///
+    /// # Errors
+    /// A bad URL, or as [`Redis::connect`].
+    pub fn open(config: &crate::config::RedisConfig) -> Result<Redis> {
+        let address = RedisAddress::parse(
+            &config.url,
+            Duration::from_millis(config.connect_timeout_ms),
+            Duration::from_millis(config.io_timeout_ms),
+        )?;
+        Redis::connect(&address)
+    }
+
     /// Connects, authenticates, selects the database and checks with `PING`.
     ///
     /// # Errors

@@ -71,12 +71,7 @@ impl RemoteSpill {
         let run = crate::remote::run_id();
         Ok(match self {
             RemoteSpill::Redis(config) => {
-                let address = crate::remote::RedisAddress::parse(
-                    &config.url,
-                    std::time::Duration::from_millis(config.connect_timeout_ms),
-                    std::time::Duration::from_millis(config.io_timeout_ms),
-                )?;
-                let redis = crate::remote::Redis::connect(&address)?;
+                let redis = crate::remote::Redis::open(config)?;
                 Box::new(crate::remote::RedisBlocks::new(
                     redis,
                     &config.namespace,
